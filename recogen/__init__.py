@@ -1,0 +1,56 @@
+"""recogen: train, evaluate, explain, export and serve deep vision models.
+
+>>> import recogen
+>>> run = recogen.train("classify", data="digits", epochs=3, out="runs/classify/digits")
+>>> clf = recogen.load(run)
+>>> clf.predict("some_digit.png")
+
+Heavy libraries (torch, Lightning) are imported on first use, so importing recogen is instant.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def train(task: str = "classify", config: Any = None, **options: Any):
+    """Train a model for ``task``; ``options`` are config fields (``data``, ``model``, ``epochs``...).
+
+    Returns the run folder (a ``pathlib.Path``).
+    """
+    from .tasks import get_task
+
+    return get_task(task).train(config, **options)
+
+
+def load(path: Any, device: str = "cpu"):
+    """Load a trained model from a run folder or ``model.json``; returns the task's predictor."""
+    from .export.portable import read_card
+    from .tasks import get_task
+
+    return get_task(read_card(path)["task"]).load(path, device=device)
+
+
+def create_model(name: str, **kwargs: Any):
+    """Build a registered network by name (see :func:`list_models`)."""
+    from .models import create_model as _create
+
+    return _create(name, **kwargs)
+
+
+def list_models(task: str | None = None) -> list[tuple[str, str]]:
+    """``(name, description)`` of every registered model."""
+    from .models import list_models as _list
+
+    return _list(task)
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    """``(name, description)`` of every registered data set."""
+    from .data import list_datasets as _list
+
+    return _list()
+
+
+__all__ = ["__version__", "train", "load", "create_model", "list_models", "list_datasets"]

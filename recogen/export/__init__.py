@@ -1,0 +1,1 @@
+"""Model export: the portable safetensors + JSON model card (ONNX/TorchScript come later)."""

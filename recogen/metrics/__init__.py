@@ -1,0 +1,1 @@
+"""Metric wrappers and reports (torchmetrics + sklearn underneath)."""

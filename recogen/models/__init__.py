@@ -1,0 +1,63 @@
+"""Model registry: ``create_model("resnet18", num_classes=10, in_chans=1, image_size=32)``.
+
+Every builder is keyword-only, ``fn(*, num_classes, in_chans, image_size, pretrained, **kw)``, and is
+registered with :func:`register_model`; duplicate names are an error (as in timm).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from ..registry import Registry
+
+MODELS: Registry = Registry("model", error=ModelError)
+register_model = MODELS.register
+
+_BUILDER_MODULES = ("classifiers.seed_cnn", "classifiers.resnet", "classifiers.vit", "classifiers.cnn_rnn")
+
+
+def _load_builders() -> None:
+    for mod in _BUILDER_MODULES:
+        importlib.import_module(f"{__name__}.{mod}")
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    image_size: int = 32,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    **kwargs: Any,
+):
+    """Build a registered model; ``weights`` loads a local state dict (safetensors, .pt, Lightning .ckpt).
+
+    >>> m = create_model("seed-cnn", num_classes=10, in_chans=1, image_size=28)
+    """
+    _load_builders()
+    entry = MODELS.get(name)
+    model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, pretrained=pretrained, **kwargs)
+    if weights is not None:
+        from .weights import load_weights_into
+
+        load_weights_into(model, weights)
+    return model
+
+
+def list_models(task: str | None = None) -> list[tuple[str, str]]:
+    """``(name, description)`` of registered models, optionally of one task."""
+    _load_builders()
+    where = {"task": task} if task else {}
+    return [(n, MODELS.get(n).meta.get("description", "")) for n in MODELS.names(**where)]
+
+
+def model_meta(name: str) -> dict[str, Any]:
+    """The metadata a model was registered with (task, family, description, min_size...)."""
+    _load_builders()
+    return dict(MODELS.get(name).meta)
+
+
+__all__ = ["MODELS", "register_model", "create_model", "list_models", "model_meta"]

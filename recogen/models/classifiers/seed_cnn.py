@@ -54,3 +54,9 @@ def seed_cnn(*, num_classes, in_chans, image_size, pretrained=False, **kw):
 def seed_cnn_bn(*, num_classes, in_chans, image_size, pretrained=False, **kw):
     _no_pretrained("seed-cnn-bn", pretrained)
     return SeedCNN(num_classes, in_chans, image_size, norm=True, **kw)
+
+
+@register_model("cnn-s", task="classify", description="compact BatchNorm CNN (16-32-64, Dense128): fast default for small images")
+def cnn_s(*, num_classes, in_chans, image_size, pretrained=False, **kw):
+    _no_pretrained("cnn-s", pretrained)
+    return SeedCNN(num_classes, in_chans, image_size, **{"widths": (16, 32, 64), "norm": True, **kw})

@@ -119,10 +119,10 @@ def make_module(model: nn.Module, cfg: ClassifyConfig, num_classes: int, mean: l
             # a step of a small CNN on CPU (benchmarks/classify_throughput.py).
             self.loss_sum += loss.detach().float() * len(y)
             self.seen += len(y)
+            if batch_idx + 1 == self.trainer.num_training_batches:
+                # Logged from the step (not on_train_epoch_end) so callbacks see it at epoch end.
+                self.log("train_loss", self.loss_sum / self.seen, on_step=False, on_epoch=True, prog_bar=True)
             return loss
-
-        def on_train_epoch_end(self):
-            self.log("train_loss", self.loss_sum / max(self.seen, 1), prog_bar=True)
 
         def validation_step(self, batch, batch_idx):
             x, y = batch

@@ -1,0 +1,43 @@
+"""Shared fixtures: one real default training (the demo) and a tiny one, each run once per session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small data-set images and tiny models: two threads are all this machine has.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``recogen ARGS`` in a fresh interpreter, as a user would."""
+    return subprocess.run([sys.executable, "-m", "recogen", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT)
+
+
+def tiny_options(out: Path, **over) -> dict:
+    """A few-second training run: 300 digits at 16 px, cnn-s, 3 epochs."""
+    opts = dict(data="digits", limit=300, image_size=16, model="cnn-s", epochs=3, batch_size=64,
+                out=str(out), progress=False, seed=0)
+    opts.update(over)
+    return opts
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """`recogen demo`: the default recipe on digits, then eval, predict and report (about 30 s)."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    r = run_cli("demo", "--out", out, "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    from recogen.tasks import classify
+
+    return classify.train(**tiny_options(tmp_path_factory.mktemp("tiny") / "run"))

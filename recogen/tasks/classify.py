@@ -380,7 +380,8 @@ def _evaluate_model(model, card, ds: ImageSet, run: Path | None, split: str, dat
     metrics = {"task": TASK, "data": data, "split": split, **classification_metrics(probs, ds.labels, card["classes"])}
     if run is not None:
         name = "metrics.json" if split == "test" else f"metrics_{split}.json"
-        write_json(run / name, metrics)
+        # report_text is sklearn's text table of the same numbers: printed by the CLI, not stored.
+        write_json(run / name, {k: v for k, v in metrics.items() if k != "report_text"})
         from ..report import plot_confusion_matrix
 
         plot_confusion_matrix(metrics["confusion_matrix"], card["classes"], run / "confusion_matrix.png")

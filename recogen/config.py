@@ -13,8 +13,8 @@ C = TypeVar("C")
 
 
 @dataclass
-class ClassifyConfig:
-    """Everything that defines a classification training run. ``None``/"auto" means: choose for the data."""
+class TrainConfig:
+    """Options every task's training shares. ``None``/"auto" means: choose for the data."""
 
     data: str = "digits"
     out: str | None = None
@@ -29,7 +29,6 @@ class ClassifyConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     limit: int | None = None
-    skip_bad_images: bool = False
     augment: str = "auto"
     # optimisation
     epochs: int | None = None
@@ -37,7 +36,6 @@ class ClassifyConfig:
     lr: float | None = None
     optimizer: str = "adamw"
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
     schedule: str = "onecycle"
     patience: int | None = None
     # execution
@@ -48,6 +46,28 @@ class ClassifyConfig:
     channels_last: bool | None = None
     progress: bool = True
     resume: bool = False
+
+
+@dataclass
+class ClassifyConfig(TrainConfig):
+    """A classification training run."""
+
+    skip_bad_images: bool = False
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class DetectConfig(TrainConfig):
+    """An object-detection training run."""
+
+    data: str = "shapes"
+
+
+@dataclass
+class SegmentConfig(TrainConfig):
+    """A semantic-segmentation training run."""
+
+    data: str = "shapes"
 
 
 def from_dict(cls: type[C], d: dict[str, Any], source: str = "config") -> C:

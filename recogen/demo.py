@@ -11,7 +11,7 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> Path:
     """Train the default classifier on ``digits``, then evaluate, predict and report. Returns the run folder."""
     from PIL import Image
 
-    from .data import DataOptions, create_dataset
+    from .data import create_dataset
     from .report import plot_image_grid, write_report
     from .tasks import classify
 
@@ -22,8 +22,10 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> Path:
     run = classify.train(data="digits", out=str(out), progress=progress)
 
     # Predict a few test images exactly as a user would: from PNG files on disk.
-    cfg = classify.from_dict(classify.ClassifyConfig, classify.load_yaml(run / "config.yaml"))
-    test = create_dataset(cfg.data, classify.data_options(cfg)).split("test")
+    from .tasks import common
+
+    cfg = common.load_run_config(classify.ClassifyConfig, run)
+    test = create_dataset(cfg.data, common.data_options(cfg)).split("test")
     samples = run / "samples"
     samples.mkdir(exist_ok=True)
     files = []

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recogen.errors import ModelError, OfflineError
-from recogen.models import MODELS, create_model, list_models
+from recogen.models import create_model, list_models
 from recogen.registry import Registry
 
 CLASSIFIERS = [n for n, _ in list_models("classify")]

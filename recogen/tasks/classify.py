@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -11,24 +9,21 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..config import ClassifyConfig, from_dict, load_yaml, save_yaml
-from ..data import DataOptions, ImageSet, ImageSplits, create_dataset, parse_spec
+from ..config import ClassifyConfig
+from ..data import ImageSet, ImageSplits, create_dataset
 from ..data.base import convert_channels, resize_images
+from ..data.images import expand_inputs, open_image  # noqa: F401 - re-exported for callers
 from ..data.loaders import TensorBatches
 from ..data.transforms import BatchAugment, get_preset
-from ..errors import ConfigError, DataError, RunError
+from ..errors import DataError, RunError
 from ..export.portable import load_portable, read_card, save_portable
-from ..utils import bf16_supported, seed_everything, write_json
+from ..utils import seed_everything, write_json
+from . import common
 
-log = logging.getLogger("recogen")
 TASK = "classify"
 
 
 # --------------------------------------------------------------------------------------- defaults
-def _has_cuda() -> bool:
-    return torch.cuda.is_available()
-
-
 def resolve_defaults(cfg: ClassifyConfig, splits: ImageSplits) -> tuple[ClassifyConfig, list[str]]:
     """Replace every "auto"/None in ``cfg`` with a choice that fits the data; return the reasons.
 
@@ -58,10 +53,7 @@ def resolve_defaults(cfg: ClassifyConfig, splits: ImageSplits) -> tuple[Classify
         c.augment = "light" if n < 50_000 else "strong"
         why.append(f"augment {c.augment}")
     if c.precision == "auto":
-        if _has_cuda():
-            c.precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        else:
-            c.precision = "bf16-mixed" if bf16_supported() else "32-true"
+        c.precision = common.auto_precision()
         why.append(f"precision {c.precision}")
     if c.channels_last is None:
         c.channels_last = not (c.model.startswith("vit") or c.model == "cnn-rnn")
@@ -70,15 +62,9 @@ def resolve_defaults(cfg: ClassifyConfig, splits: ImageSplits) -> tuple[Classify
 
 
 # ---------------------------------------------------------------------------------- Lightning module
-def _lightning():
-    import lightning.pytorch as pl
-
-    return pl
-
-
 def make_module(model: nn.Module, cfg: ClassifyConfig, num_classes: int, mean: list[float], std: list[float], hflip_ok: bool):
     """Build the LightningModule that trains ``model`` as ``cfg`` says."""
-    pl = _lightning()
+    pl = common.lightning()
     from torchmetrics.classification import MulticlassAccuracy
 
     preset = get_preset(cfg.augment)
@@ -132,132 +118,9 @@ def make_module(model: nn.Module, cfg: ClassifyConfig, num_classes: int, mean: l
             self.log("val_acc", self.val_acc, prog_bar=True)
 
         def configure_optimizers(self):
-            params = self.model.parameters()
-            if cfg.optimizer == "adamw":
-                opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            elif cfg.optimizer == "sgd":
-                opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-            else:
-                raise ConfigError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
-            total = int(self.trainer.estimated_stepping_batches)
-            if cfg.schedule == "onecycle":
-                sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
-            elif cfg.schedule == "cosine":
-                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-            elif cfg.schedule == "none":
-                return opt
-            else:
-                raise ConfigError(f"unknown --schedule {cfg.schedule!r}; choose onecycle, cosine or none")
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return common.configure_optimizers(cfg, self.model.parameters(), int(self.trainer.estimated_stepping_batches))
 
     return ClassifierModule()
-
-
-class _EpochBatches(TensorBatches):
-    """TensorBatches that Lightning re-seeds each epoch through the ``sampler.set_epoch`` protocol."""
-
-    @property
-    def sampler(self):
-        return self
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-
-def _callbacks(run: Path, cfg: ClassifyConfig):
-    pl = _lightning()
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    class History(pl.Callback):
-        """Keeps ``history.json``: one row per finished epoch; a resumed run drops rows it will redo."""
-
-        def __init__(self):
-            self.path = run / "history.json"
-            self.rows: list[dict[str, Any]] = []
-            self.t0 = time.perf_counter()
-
-        def on_train_start(self, trainer, module):
-            if self.path.is_file():
-                self.rows = [r for r in json.loads(self.path.read_text()) if r["epoch"] < trainer.current_epoch]
-
-        def on_train_epoch_start(self, trainer, module):
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, module):
-            m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            row = {"epoch": trainer.current_epoch, **{k: round(v, 6) for k, v in m.items()},
-                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "time_s": round(time.perf_counter() - self.t0, 3)}
-            self.rows.append(row)
-            write_json(self.path, self.rows)
-
-    cbs = [
-        # Saved at the end of the training epoch, after History wrote that epoch's row (Lightning runs
-        # checkpoint callbacks last), so a crash between the two never loses a history row.
-        ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor="val_acc", mode="max",
-                        save_last=True, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
-        History(),
-    ]
-    if cfg.patience:
-        cbs.append(EarlyStopping(monitor="val_acc", mode="max", patience=cfg.patience))
-    return cbs
-
-
-def _atomic_checkpoint_io():
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-
-    from ..utils import atomic_write
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        """Write each checkpoint to a temporary file and rename it: an interrupted save keeps the old one."""
-
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
-
-    return AtomicCheckpointIO()
-
-
-# -------------------------------------------------------------------------------------------- train
-def data_options(cfg: ClassifyConfig) -> DataOptions:
-    """The data-set options a config implies (the same ones rebuild the same splits at eval time)."""
-    return DataOptions(image_size=cfg.image_size, channels=cfg.channels, data_dir=Path(cfg.data_dir).expanduser(),
-                       seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                       skip_bad_images=cfg.skip_bad_images, limit=cfg.limit)
-
-
-def _default_out(cfg: ClassifyConfig) -> Path:
-    base = Path("runs") / TASK / parse_spec(cfg.data)[0]
-    out, k = base, 2
-    while out.exists():
-        out, k = base.with_name(f"{base.name}{k}"), k + 1
-    return out
-
-
-def _make_config(config: ClassifyConfig | dict | str | Path | None, options: dict[str, Any]) -> ClassifyConfig:
-    if isinstance(config, ClassifyConfig):
-        base = dataclasses.asdict(config)
-    elif isinstance(config, (str, Path)):
-        base = load_yaml(config)
-    else:
-        base = dict(config or {})
-    return from_dict(ClassifyConfig, {**base, **options})
-
-
-def _prepare_run(cfg: ClassifyConfig) -> tuple[ClassifyConfig, Path, Path | None]:
-    """Decide the run folder; for --resume, reload its resolved config (epochs may be raised)."""
-    if not cfg.resume:
-        out = Path(cfg.out) if cfg.out else _default_out(cfg)
-        if (out / "checkpoints").exists() or (out / "model.json").exists():
-            raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        return cfg, out, None
-    if not cfg.out:
-        raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
-    out = Path(cfg.out)
-    last = out / "checkpoints" / "last.ckpt"
-    if not last.is_file() or not (out / "config.yaml").is_file():
-        raise RunError(f"nothing to resume in {out}: {last} or config.yaml is missing")
-    saved = from_dict(ClassifyConfig, load_yaml(out / "config.yaml"), str(out / "config.yaml"))
-    epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
-    return dataclasses.replace(saved, resume=True, out=str(out), epochs=epochs, progress=cfg.progress), out, last
 
 
 def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: Iterable | None = None, **options: Any) -> Path:
@@ -269,10 +132,10 @@ def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: I
 
     >>> run = train(data="digits", epochs=3, out="runs/classify/digits")
     """
-    cfg, run, ckpt = _prepare_run(_make_config(config, options))
+    cfg, run, ckpt = common.prepare_run(ClassifyConfig, TASK, common.make_config(ClassifyConfig, config, options))
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
-    splits = create_dataset(cfg.data, data_options(cfg))
+    splits = create_dataset(cfg.data, common.data_options(cfg))
     cfg, why = resolve_defaults(cfg, splits)
     cfg.out = str(run)
     print(f"data {cfg.data}: {len(splits.train)} train / {len(splits.val)} val / "
@@ -292,30 +155,15 @@ def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: I
         model = model.to(memory_format=torch.channels_last)
     mean, std = splits.mean_std()
     module = make_module(model, cfg, len(splits.classes), mean, std, splits.hflip_ok)
-    run.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run / "config.yaml")
+    common.save_config(cfg, run)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {cfg.model}: {n_params / 1e6:.2f}M parameters; {cfg.epochs} epochs, batch {cfg.batch_size}, "
           f"{cfg.precision}; run folder {run}")
 
-    train_dl = _EpochBatches(splits.train, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
-    trainer = _make_trainer(cfg, run, list(callbacks or []), len(train_dl))
-    val_dl = TensorBatches(splits.val, max(256, cfg.batch_size))
-    try:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(ckpt) if ckpt else None)
-    except SystemExit:
-        # Lightning turns Ctrl+C into a graceful shutdown and sys.exit(1); the last finished epoch is
-        # saved, so report it as an interruption the caller can resume from.
-        if trainer.interrupted:
-            import signal
-
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning set SIG_IGN
-            raise KeyboardInterrupt from None
-        raise
-    best = run / "checkpoints" / "best.ckpt"
-    if best.is_file():
-        state = torch.load(str(best), map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+    train_dl = common.EpochBatches(splits.train, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
+    trainer = common.make_trainer(cfg, run, monitor="val_acc", steps_per_epoch=len(train_dl), extra_callbacks=callbacks or ())
+    common.fit(trainer, module, train_dl, TensorBatches(splits.val, max(256, cfg.batch_size)), ckpt)
+    common.load_best(module, run)
     model = module.model.to(memory_format=torch.contiguous_format).cpu().eval()
     save_portable(run, model, {
         "task": TASK, "model": cfg.model, "model_kwargs": cfg.model_kwargs, "classes": splits.classes,
@@ -327,31 +175,6 @@ def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: I
     metrics = _evaluate_model(model, read_card(run), splits.split(eval_split), run, eval_split, cfg.data)
     print(f"trained in {train_s:.1f} s; {eval_split} accuracy {metrics['accuracy']:.4f}; wrote {run}")
     return run
-
-
-def _make_trainer(cfg: ClassifyConfig, run: Path, extra_callbacks: list, steps_per_epoch: int):
-    pl = _lightning()
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    import warnings
-
-    # Lightning-internal deprecation noise under this torch version; nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-    # Resuming reuses the run's checkpoint folder on purpose.
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        # Lightning's banner lines (GPU available..., tips) are noise in a CLI that prints its own summary.
-        logging.getLogger(name).setLevel(logging.WARNING)
-    devices: Any = cfg.devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    return pl.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices, precision=cfg.precision,
-        logger=TensorBoardLogger(save_dir=str(run), name="tensorboard", version="", default_hp_metric=False),
-        callbacks=_callbacks(run, cfg) + extra_callbacks, plugins=[_atomic_checkpoint_io()],
-        enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, steps_per_epoch)), default_root_dir=str(run),
-    )
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -398,9 +221,9 @@ def evaluate(run: str | Path, data: str | None = None, split: str | None = None,
     run = Path(run)
     model, card = load_portable(run, device)
     cfg_path = run / "config.yaml"
-    cfg = from_dict(ClassifyConfig, load_yaml(cfg_path), str(cfg_path)) if cfg_path.is_file() else ClassifyConfig(data=card["data"])
+    cfg = common.load_run_config(ClassifyConfig, run) if cfg_path.is_file() else ClassifyConfig(data=card["data"])
     spec = data or cfg.data
-    opts = data_options(cfg)
+    opts = common.data_options(cfg)
     if data and data != cfg.data:
         # Another data set: all of it is the split asked for unless it defines one.
         opts = dataclasses.replace(opts, image_size=card["image_size"], channels=card["in_chans"], limit=None)
@@ -413,47 +236,6 @@ def evaluate(run: str | Path, data: str | None = None, split: str | None = None,
 
 
 # ----------------------------------------------------------------------------------------- predict
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted); a missing path is a DataError."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
-            if not found:
-                raise DataError(f"no image files ({', '.join(IMAGE_EXTS)}) in folder {p}")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"no such file or folder: {p}")
-    return out
-
-
-def open_image(src) -> "Image.Image":  # noqa: F821
-    """Open a path, bytes, numpy array or PIL image as a fully decoded PIL image (clear error if corrupt)."""
-    import io
-
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(src, Image.Image):
-        return src
-    if isinstance(src, np.ndarray):
-        return Image.fromarray(src)
-    name = str(src) if isinstance(src, (str, Path)) else "<bytes>"
-    try:
-        img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
-        img.load()
-        return img
-    except FileNotFoundError:
-        raise DataError(f"no such file: {name}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {name}: {e}") from None
-
-
 class Classifier:
     """A trained classifier, ready to predict. Get one with ``recogen.load(RUN)``.
 

@@ -1,7 +1,6 @@
 """CNN + RNN: a conv feature map read row by row (top to bottom) by a bidirectional GRU."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ...errors import ModelError

@@ -1,0 +1,46 @@
+"""Reading user images for prediction: paths, folders, bytes, arrays, PIL images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import DataError
+from .folder import IMAGE_EXTENSIONS
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to their image files (sorted); a missing path is a DataError."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not found:
+                raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {p}")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"no such file or folder: {p}")
+    return out
+
+
+def open_image(src):
+    """Open a path, bytes, numpy array or PIL image as a fully decoded PIL image (clear error if corrupt)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(src, Image.Image):
+        return src
+    if isinstance(src, np.ndarray):
+        return Image.fromarray(src)
+    name = str(src) if isinstance(src, (str, Path)) else "<bytes>"
+    try:
+        img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+        img.load()
+        return img
+    except FileNotFoundError:
+        raise DataError(f"no such file: {name}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {name}: {e}") from None

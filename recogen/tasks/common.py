@@ -1,0 +1,221 @@
+"""Training machinery every task shares: run folders, configs, the Lightning trainer and its
+callbacks (history, atomic checkpoints, early stopping), optimisers and resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import torch
+
+from ..config import TrainConfig, from_dict, load_yaml, save_yaml
+from ..data import DataOptions, parse_spec
+from ..data.loaders import TensorBatches
+from ..errors import ConfigError, RunError
+from ..utils import atomic_write, bf16_supported, write_json
+
+C = TypeVar("C", bound=TrainConfig)
+
+
+def lightning():
+    """``lightning.pytorch``, imported on first use (it takes seconds)."""
+    import lightning.pytorch as pl
+
+    return pl
+
+
+def auto_precision() -> str:
+    """bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32."""
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if bf16_supported() else "32-true"
+
+
+class EpochBatches(TensorBatches):
+    """TensorBatches that Lightning re-seeds each epoch through the ``sampler.set_epoch`` protocol."""
+
+    @property
+    def sampler(self):
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def data_options(cfg: TrainConfig) -> DataOptions:
+    """The data-set options a config implies (the same ones rebuild the same splits at eval time)."""
+    return DataOptions(image_size=cfg.image_size, channels=cfg.channels, data_dir=Path(cfg.data_dir).expanduser(),
+                       seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                       skip_bad_images=getattr(cfg, "skip_bad_images", False), limit=cfg.limit)
+
+
+def make_config(cls: type[C], config: Any, options: dict[str, Any]) -> C:
+    """A config of ``cls`` from another config, a dict or a YAML path, updated by ``options``."""
+    if isinstance(config, TrainConfig):
+        base = dataclasses.asdict(config)
+    elif isinstance(config, (str, Path)):
+        base = load_yaml(config)
+    else:
+        base = dict(config or {})
+    return from_dict(cls, {**base, **options})
+
+
+def load_run_config(cls: type[C], run: Path) -> C:
+    """The resolved config saved in a run folder."""
+    return from_dict(cls, load_yaml(run / "config.yaml"), str(run / "config.yaml"))
+
+
+def _default_out(task: str, cfg: TrainConfig) -> Path:
+    base = Path("runs") / task / parse_spec(cfg.data)[0]
+    out, k = base, 2
+    while out.exists():
+        out, k = base.with_name(f"{base.name}{k}"), k + 1
+    return out
+
+
+def prepare_run(cls: type[C], task: str, cfg: C) -> tuple[C, Path, Path | None]:
+    """Decide the run folder; for --resume, reload its resolved config (epochs may be raised).
+
+    Returns ``(config, run folder, checkpoint to resume from or None)``. A folder that already holds
+    a run is never trained into without --resume, so nothing saved is overwritten.
+    """
+    if not cfg.resume:
+        out = Path(cfg.out) if cfg.out else _default_out(task, cfg)
+        if (out / "checkpoints").exists() or (out / "model.json").exists():
+            raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        return cfg, out, None
+    if not cfg.out:
+        raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
+    out = Path(cfg.out)
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file() or not (out / "config.yaml").is_file():
+        raise RunError(f"nothing to resume in {out}: {last} or config.yaml is missing")
+    saved = load_run_config(cls, out)
+    epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
+    return dataclasses.replace(saved, resume=True, out=str(out), epochs=epochs, progress=cfg.progress), out, last
+
+
+def save_config(cfg: TrainConfig, run: Path) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run / "config.yaml")
+
+
+def configure_optimizers(cfg: TrainConfig, params, total_steps: int):
+    """AdamW or SGD with a one-cycle, cosine or no schedule (stepped every batch), as Lightning wants it."""
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    else:
+        raise ConfigError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    elif cfg.schedule == "none":
+        return opt
+    else:
+        raise ConfigError(f"unknown --schedule {cfg.schedule!r}; choose onecycle, cosine or none")
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
+    pl = lightning()
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    class History(pl.Callback):
+        """Keeps ``history.json``: one row per finished epoch; a resumed run drops rows it will redo."""
+
+        def __init__(self):
+            self.path = run / "history.json"
+            self.rows: list[dict[str, Any]] = []
+            self.t0 = time.perf_counter()
+
+        def on_train_start(self, trainer, module):
+            if self.path.is_file():
+                self.rows = [r for r in json.loads(self.path.read_text()) if r["epoch"] < trainer.current_epoch]
+
+        def on_train_epoch_start(self, trainer, module):
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            row = {"epoch": trainer.current_epoch, **{k: round(v, 6) for k, v in m.items()},
+                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "time_s": round(time.perf_counter() - self.t0, 3)}
+            self.rows.append(row)
+            write_json(self.path, self.rows)
+
+    cbs = [
+        # Saved at the end of the training epoch, after History wrote that epoch's row (Lightning runs
+        # checkpoint callbacks last), so a crash between the two never loses a history row.
+        ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                        save_last=True, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
+        History(),
+    ]
+    if cfg.patience:
+        cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience))
+    return cbs
+
+
+def _atomic_checkpoint_io():
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Write each checkpoint to a temporary file and rename it: an interrupted save keeps the old one."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+    return AtomicCheckpointIO()
+
+
+def make_trainer(cfg: TrainConfig, run: Path, *, monitor: str, mode: str = "max", steps_per_epoch: int,
+                 extra_callbacks: Iterable = ()):
+    """The Lightning Trainer of a run: TensorBoard under ``run/tensorboard``, history, checkpoints, early stop."""
+    pl = lightning()
+    import warnings
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    # Lightning-internal deprecation noise under this torch version; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    # Resuming reuses the run's checkpoint folder on purpose.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        # Lightning's banner lines (GPU available..., tips) are noise in a CLI that prints its own summary.
+        logging.getLogger(name).setLevel(logging.WARNING)
+    devices: Any = cfg.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return pl.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices, precision=cfg.precision,
+        logger=TensorBoardLogger(save_dir=str(run), name="tensorboard", version="", default_hp_metric=False),
+        callbacks=_callbacks(run, cfg, monitor, mode) + list(extra_callbacks), plugins=[_atomic_checkpoint_io()],
+        enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, steps_per_epoch)), default_root_dir=str(run),
+    )
+
+
+def fit(trainer, module, train_dl, val_dl, ckpt: Path | None) -> None:
+    """``trainer.fit`` that turns Lightning's Ctrl+C shutdown into a KeyboardInterrupt the caller sees."""
+    try:
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(ckpt) if ckpt else None)
+    except SystemExit:
+        # Lightning turns Ctrl+C into a graceful shutdown and sys.exit(1); the last finished epoch is
+        # saved, so report it as an interruption the caller can resume from.
+        if trainer.interrupted:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning set SIG_IGN
+            raise KeyboardInterrupt from None
+        raise
+
+
+def load_best(module, run: Path) -> None:
+    """Load ``checkpoints/best.ckpt`` (if any) into the module, without unpickling code."""
+    best = run / "checkpoints" / "best.ckpt"
+    if best.is_file():
+        module.load_state_dict(torch.load(str(best), map_location="cpu", weights_only=True)["state_dict"])

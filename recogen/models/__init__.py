@@ -15,12 +15,13 @@ from ..registry import Registry
 MODELS: Registry = Registry("model", error=ModelError)
 register_model = MODELS.register
 
-_BUILDER_MODULES = ("classifiers.seed_cnn", "classifiers.resnet", "classifiers.vit", "classifiers.cnn_rnn")
+# One package per task; each package's __init__ imports its builder modules.
+_BUILDER_PACKAGES = ("classifiers", "detectors", "segmenters")
 
 
 def _load_builders() -> None:
-    for mod in _BUILDER_MODULES:
-        importlib.import_module(f"{__name__}.{mod}")
+    for pkg in _BUILDER_PACKAGES:
+        importlib.import_module(f"{__name__}.{pkg}")
 
 
 def create_model(

@@ -9,6 +9,8 @@ from ..errors import UserError
 # Each module provides train(config, **options), evaluate(run, ...), load(path, device) -> predictor.
 TASKS: dict[str, str] = {
     "classify": "recogen.tasks.classify",
+    "detect": "recogen.tasks.detect",
+    "segment": "recogen.tasks.segment",
 }
 
 

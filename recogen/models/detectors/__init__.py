@@ -1,0 +1,1 @@
+"""Object detectors (torchvision). Importing this package registers the builders."""

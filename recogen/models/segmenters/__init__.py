@@ -1,0 +1,1 @@
+"""Semantic segmentation networks. Importing this package registers the builders."""

@@ -17,8 +17,8 @@ from .errors import UserError
 
 # Help for the training options; the options themselves come from the ClassifyConfig fields.
 TRAIN_HELP = {
-    "data": "data set: digits, shapes[:COUNT], mnist, fashion-mnist, cifar10, cifar100, folder:PATH",
-    "out": "run folder (default runs/classify/<data>[N])",
+    "data": "data set, e.g. digits, shapes[:COUNT], cifar10, folder:PATH, coco:JSON, yolo:PATH, masks:PATH (see `recogen datasets`)",
+    "out": "run folder (default runs/<task>/<data>[N])",
     "model": "registered model name (see `recogen models`), or auto",
     "model_kwargs": "JSON of extra constructor arguments, e.g. '{\"dropout\": 0.2}'",
     "pretrained": "start from the library's published weights (needs network or a filled cache)",
@@ -89,43 +89,53 @@ def _options(ns: argparse.Namespace, exclude: tuple[str, ...] = ("func", "config
 
 
 # ------------------------------------------------------------------------------------------ actions
-def cmd_classify_train(ns: argparse.Namespace) -> int:
-    from .tasks import classify
+# Each task module (recogen.tasks.<task>) provides train, evaluate, print_metrics, predict_files and
+# format_prediction; the CLI only parses options and prints.
+TASK_CONFIGS = {"classify": "ClassifyConfig", "detect": "DetectConfig", "segment": "SegmentConfig"}
+TASK_HELP = {
+    "classify": "image classification: train, eval, predict",
+    "detect": "object detection: train, eval, predict",
+    "segment": "semantic segmentation: train, eval, predict",
+}
 
-    classify.train(ns.config, **_options(ns))
+
+def _task(ns: argparse.Namespace):
+    from .tasks import get_task
+
+    return get_task(ns.command)
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    _task(ns).train(ns.config, **_options(ns))
     return 0
 
 
-def cmd_classify_eval(ns: argparse.Namespace) -> int:
-    from .metrics.classification import confusion_text
-    from .tasks import classify
-
-    m = classify.evaluate(ns.run, data=ns.data, split=ns.split, write=not ns.no_write)
+def cmd_eval(ns: argparse.Namespace) -> int:
+    mod = _task(ns)
+    m = mod.evaluate(ns.run, data=ns.data, split=ns.split, write=not ns.no_write)
     if ns.json:
         print(json.dumps({k: v for k, v in m.items() if k != "report_text"}, indent=2))
         return 0
-    classes = list(m["per_class"])
-    top5 = f", top-5 {m['top5_accuracy']:.4f}" if m["top5_accuracy"] is not None else ""
-    print(f"{m['data']} {m['split']}: {m['num_images']} images, accuracy {m['accuracy']:.4f}{top5}, macro F1 {m['macro_f1']:.4f}\n")
-    print(m["report_text"])
-    print(confusion_text(m["confusion_matrix"], classes))
+    mod.print_metrics(m)
     if not ns.no_write:
-        print(f"\nwrote {ns.run}/metrics{'' if m['split'] == 'test' else '_' + m['split']}.json and confusion_matrix.png")
+        print(f"\nwrote metrics{'' if m['split'] == 'test' else '_' + m['split']}.json and plots to {ns.run}")
     return 0
 
 
-def cmd_classify_predict(ns: argparse.Namespace) -> int:
-    from .tasks import classify
+def cmd_predict(ns: argparse.Namespace) -> int:
+    from .data.images import expand_inputs
 
-    clf = classify.load(ns.run)
-    files = classify.expand_inputs(ns.images)
-    results = clf.predict([str(f) for f in files], topk=ns.topk)
+    mod = _task(ns)
+    kw = {k: getattr(ns, k) for k in PREDICT_OPTIONS[ns.command]}
+    save = getattr(ns, "save", None)
+    results = mod.predict_files(ns.run, expand_inputs(ns.images), out_dir=save, **kw)
     if ns.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        alts = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["topk"][1:])
-        print(f"{r['path']}: {r['label']} ({r['prob']:.3f})" + (f"  [{alts}]" if alts else ""))
+    else:
+        for r in results:
+            print(mod.format_prediction(r))
+        if save:
+            print(f"wrote {len(results)} result image(s) to {save}")
     return 0
 
 
@@ -139,9 +149,22 @@ def cmd_models(ns: argparse.Namespace) -> int:
 
 def cmd_datasets(ns: argparse.Namespace) -> int:
     from .data import list_datasets
+    from .data.dense import list_dense_datasets
 
+    print("classification:")
     for name, desc in list_datasets():
-        print(f"{name:14s} {desc}")
+        print(f"  {name:14s} {desc}")
+    print("detection and segmentation:")
+    for name, desc in list_dense_datasets():
+        print(f"  {name:14s} {desc}")
+    return 0
+
+
+def cmd_data_convert(ns: argparse.Namespace) -> int:
+    from .data.formats import convert
+
+    out = convert(f"{ns.src_format}:{ns.src}", ns.to, ns.out)
+    print(f"wrote {ns.to} data set to {out}")
     return 0
 
 
@@ -152,6 +175,21 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+PREDICT_FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "classify": [("--topk", {"type": int, "default": 5, "help": "how many labels to show (default 5)"})],
+    "detect": [
+        ("--conf", {"type": float, "default": 0.25, "help": "minimum score (default 0.25)"}),
+        ("--iou", {"type": float, "default": 0.45, "help": "IoU threshold of class-wise NMS (default 0.45)"}),
+        ("--max-det", {"type": int, "default": 100, "dest": "max_det", "help": "most boxes per image (default 100)"}),
+        ("--save", {"metavar": "DIR", "help": "write each image with its boxes drawn into DIR"}),
+    ],
+    "segment": [("--save", {"metavar": "DIR", "help": "write the class mask PNG and a colour overlay into DIR"})],
+}
+# The keyword arguments each task's predict_files takes from those flags (--save becomes out_dir).
+PREDICT_OPTIONS = {t: [kw.get("dest", f.lstrip("-").replace("-", "_")) for f, kw in flags if f != "--save"]
+                   for t, flags in PREDICT_FLAGS.items()}
+
+
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="recogen", description="Train, evaluate and use deep models for image recognition and generation.")
@@ -160,30 +198,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"recogen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
-    cl = sub.add_parser("classify", help="image classification: train, eval, predict")
-    cl_sub = cl.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    from . import config as config_mod
 
-    from .config import ClassifyConfig
+    for task, cfg_name in TASK_CONFIGS.items():
+        tp = sub.add_parser(task, help=TASK_HELP[task])
+        actions = tp.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
 
-    tr = cl_sub.add_parser("train", help="train a classifier (every option has a data-aware default)")
-    tr.add_argument("--config", metavar="YAML", help="read options from a YAML file; command-line options win")
-    _add_config_options(tr, ClassifyConfig)
-    tr.set_defaults(func=cmd_classify_train, config=None)
+        tr = actions.add_parser("train", help="train a model (every option has a data-aware default)")
+        tr.add_argument("--config", metavar="YAML", help="read options from a YAML file; command-line options win")
+        _add_config_options(tr, getattr(config_mod, cfg_name))
+        tr.set_defaults(func=cmd_train, config=None)
 
-    ev = cl_sub.add_parser("eval", help="accuracy, top-5, per-class report and confusion matrix of a run")
-    ev.add_argument("run", help="run folder")
-    ev.add_argument("--data", help="evaluate on another data set with the same classes")
-    ev.add_argument("--split", choices=["train", "val", "test"], help="split to evaluate (default test, else val)")
-    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    ev.add_argument("--no-write", action="store_true", help="do not write metrics.json / confusion_matrix.png")
-    ev.set_defaults(func=cmd_classify_eval)
+        ev = actions.add_parser("eval", help="metrics and plots of a run on its test split (or another)")
+        ev.add_argument("run", help="run folder")
+        ev.add_argument("--data", help="evaluate on another data set with the same classes")
+        ev.add_argument("--split", choices=["train", "val", "test"], help="split to evaluate (default test, else val)")
+        ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+        ev.add_argument("--no-write", action="store_true", help="do not write metrics.json and plots")
+        ev.set_defaults(func=cmd_eval)
 
-    pr = cl_sub.add_parser("predict", help="top-k labels for images or folders of images")
-    pr.add_argument("run", help="run folder or model.json")
-    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    pr.add_argument("--topk", type=int, default=5, help="how many labels to show (default 5)")
-    pr.add_argument("--json", action="store_true", help="print results as JSON")
-    pr.set_defaults(func=cmd_classify_predict)
+        pr = actions.add_parser("predict", help="predict images or folders of images")
+        pr.add_argument("run", help="run folder or model.json")
+        pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+        pr.add_argument("--json", action="store_true", help="print results as JSON")
+        for flag, kw in PREDICT_FLAGS[task]:
+            pr.add_argument(flag, **kw)
+        pr.set_defaults(func=cmd_predict)
 
     mo = sub.add_parser("models", help="list registered models")
     mo.add_argument("--task", help="only models of this task")
@@ -191,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("datasets", help="list registered data sets")
     ds.set_defaults(func=cmd_datasets)
+
+    da = sub.add_parser("data", help="data set tools")
+    da_sub = da.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    cv = da_sub.add_parser("convert", help="convert a detection data set between YOLO and COCO layouts")
+    cv.add_argument("--from", dest="src_format", required=True, choices=["yolo", "coco"], help="source format")
+    cv.add_argument("--to", required=True, choices=["yolo", "coco"], help="target format")
+    cv.add_argument("src", help="source: a YOLO folder (with data.yaml) or a COCO annotations.json")
+    cv.add_argument("out", help="new folder to write (must not exist or be empty)")
+    cv.set_defaults(func=cmd_data_convert)
 
     de = sub.add_parser("demo", help="offline demo: train on digits, evaluate, predict, write report.html")
     de.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; replaced if it exists)")

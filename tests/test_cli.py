@@ -35,8 +35,12 @@ def test_models_and_datasets_are_listed():
     for name in ["seed-cnn", "cnn-s", "resnet18", "resnet34", "resnet50", "vit-tiny", "vit-small", "cnn-rnn"]:
         assert f"\n{name} " in "\n" + r.stdout
     r = run_cli("datasets")
+    assert r.returncode == 0, r.stderr
+    classify, dense = r.stdout.split("detection and segmentation:")
     for name in ["digits", "shapes", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder"]:
-        assert f"\n{name} " in "\n" + r.stdout
+        assert f"\n  {name} " in classify
+    for name in ["shapes", "coco", "yolo", "masks"]:
+        assert f"\n  {name} " in dense
 
 
 @pytest.mark.slow

@@ -98,15 +98,21 @@ def split_dense(name: str, classes: list[str], seg_classes: list[str], pool: Den
                        pool.subset(test) if len(test) else None)
 
 
+def _load_builders() -> None:
+    for mod in _BUILDER_MODULES:
+        importlib.import_module(f"{__package__}.{mod}")
+
+
+def list_dense_datasets() -> list[tuple[str, str]]:
+    """``(name, description)`` of every registered detection/segmentation data set."""
+    _load_builders()
+    return [(e.name, e.meta.get("description", "")) for e in DENSE_DATASETS]
+
+
 def create_dense_dataset(spec: str, opts: DataOptions | None = None) -> DenseSplits:
     """Build the splits of a detection/segmentation data set (``shapes``, ``coco:PATH``, ``yolo:PATH``, ``masks:PATH``)."""
     from . import parse_spec
 
-    for mod in _BUILDER_MODULES:
-        try:
-            importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:  # a format module not written yet must not hide the others
-            if e.name != f"{__package__}.{mod}":
-                raise
+    _load_builders()
     name, arg = parse_spec(spec)
     return DENSE_DATASETS.get(name).fn(arg, opts or DataOptions())

@@ -12,7 +12,7 @@ from torch import nn
 from ..config import ClassifyConfig
 from ..data import ImageSet, ImageSplits, create_dataset
 from ..data.base import convert_channels, resize_images
-from ..data.images import expand_inputs, open_image  # noqa: F401 - re-exported for callers
+from ..data.images import open_image
 from ..data.loaders import TensorBatches
 from ..data.transforms import BatchAugment, get_preset
 from ..errors import DataError, RunError
@@ -287,6 +287,29 @@ class Classifier:
         if self.path is None:
             raise RunError("this classifier was not loaded from a run folder; pass data explicitly to evaluate()")
         return evaluate(self.path, data=data, split=split, write=False)
+
+
+def print_metrics(m: dict[str, Any]) -> None:
+    """The human summary of ``evaluate``: headline numbers, sklearn's report, the confusion matrix."""
+    from ..metrics.classification import confusion_text
+
+    top5 = f", top-5 {m['top5_accuracy']:.4f}" if m["top5_accuracy"] is not None else ""
+    print(f"{m['data']} {m['split']}: {m['num_images']} images, accuracy {m['accuracy']:.4f}{top5}, macro F1 {m['macro_f1']:.4f}\n")
+    if "report_text" in m:
+        print(m["report_text"])
+    print(confusion_text(m["confusion_matrix"], list(m["per_class"])))
+
+
+def predict_files(run: str | Path, files: list[Path], out_dir: Path | None = None, device: str = "cpu",
+                  topk: int = 5) -> list[dict[str, Any]]:
+    """Predict image files (the CLI's ``predict``); JSON-able results. Nothing is written: ``out_dir`` is unused."""
+    return load(run, device).predict([str(f) for f in files], topk=topk)
+
+
+def format_prediction(r: dict[str, Any]) -> str:
+    """One line per image for the CLI."""
+    alts = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["topk"][1:])
+    return f"{r['path']}: {r['label']} ({r['prob']:.3f})" + (f"  [{alts}]" if alts else "")
 
 
 def load(path: str | Path, device: str = "cpu") -> Classifier:

@@ -200,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import config as config_mod
 
-    for task, cfg_name in TASK_CONFIGS.items():
+    from .tasks import TASKS
+
+    for task in TASKS:
+        cfg_name = TASK_CONFIGS[task]
         tp = sub.add_parser(task, help=TASK_HELP[task])
         actions = tp.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
 

@@ -120,3 +120,21 @@ def test_yaml_config_is_read_and_the_command_line_wins(tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["epochs"] == 1 and saved["limit"] == 200 and saved["model"] == "cnn-s"
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
+
+
+def test_data_convert_yolo_to_coco_and_refuses_to_overwrite(tmp_path):
+    from recogen.data import DataOptions
+    from recogen.data.dense import create_dense_dataset
+    from recogen.data.formats import write_yolo
+    from recogen.data.shapes import SHAPE_CLASSES
+    from recogen.data.shapes_scenes import make_scenes
+
+    scenes = make_scenes(30, 64, seed=0)
+    write_yolo({"train": scenes.subset(range(20)), "val": scenes.subset(range(20, 30))}, SHAPE_CLASSES, tmp_path / "yolo")
+    r = run_cli("data", "convert", "--from", "yolo", "--to", "coco", tmp_path / "yolo", tmp_path / "coco")
+    assert r.returncode == 0, r.stderr[-2000:]
+    back = create_dense_dataset(f"coco:{tmp_path / 'coco'}", DataOptions(image_size=64))
+    n_back = sum(len(b) for s in (back.train, back.val) for b in s.boxes)
+    assert back.classes == SHAPE_CLASSES and n_back == sum(len(b) for b in scenes.boxes)
+    again = run_cli("data", "convert", "--from", "yolo", "--to", "coco", tmp_path / "yolo", tmp_path / "coco")
+    _one_line_error(again, "not empty")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,17 +38,11 @@ class ImageSet:
         return ImageSet(self.images[idx_t], self.labels[idx_t], paths)
 
 
-@dataclass
-class ImageSplits:
-    """Train/val/test splits of one data set plus what a model needs to know about it."""
+class SplitsBase:
+    """What every train/val/test split container offers (classification and dense data alike)."""
 
     name: str
-    classes: list[str]
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet | None = None
-    hflip_ok: bool = True  # False for digits/characters, where a mirror image is another symbol
-    notes: list[str] = field(default_factory=list)
+    train: Any
 
     @property
     def channels(self) -> int:
@@ -57,7 +52,7 @@ class ImageSplits:
     def image_size(self) -> tuple[int, int]:
         return int(self.train.images.shape[2]), int(self.train.images.shape[3])
 
-    def split(self, name: str) -> ImageSet:
+    def split(self, name: str) -> Any:
         """Return split ``name`` (train/val/test); a missing test split is a clear error."""
         s = getattr(self, name, None) if name in ("train", "val", "test") else None
         if s is None:
@@ -70,6 +65,20 @@ class ImageSplits:
         mean = x.mean(dim=(0, 2, 3))
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
         return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+
+
+@dataclass
+class ImageSplits(SplitsBase):
+    """Train/val/test splits of one data set plus what a model needs to know about it."""
+
+    name: str
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None = None
+    hflip_ok: bool = True  # False for digits/characters, where a mirror image is another symbol
+    notes: list[str] = field(default_factory=list)
+
 
 
 @dataclass

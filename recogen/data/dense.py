@@ -15,7 +15,7 @@ import torch
 
 from ..errors import DataError
 from ..registry import Registry
-from .base import DataOptions, stratified_split
+from .base import DataOptions, SplitsBase, stratified_split
 
 IGNORE_INDEX = 255
 
@@ -57,7 +57,7 @@ class DenseSet:
 
 
 @dataclass
-class DenseSplits:
+class DenseSplits(SplitsBase):
     name: str
     classes: list[str]  # object classes (detection), no background
     seg_classes: list[str]  # pixel classes of ``masks`` (segmentation), index = pixel value
@@ -65,25 +65,6 @@ class DenseSplits:
     val: DenseSet
     test: DenseSet | None = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def channels(self) -> int:
-        return int(self.train.images.shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
-
-    def split(self, name: str) -> DenseSet:
-        s = getattr(self, name, None) if name in ("train", "val", "test") else None
-        if s is None:
-            raise DataError(f"data set {self.name!r} has no {name!r} split; use --split val or --split train")
-        return s
-
-    def mean_std(self) -> tuple[list[float], list[float]]:
-        x = self.train.images.float().div_(255)
-        return ([round(float(v), 5) for v in x.mean(dim=(0, 2, 3))],
-                [round(float(v), 5) for v in x.std(dim=(0, 2, 3)).clamp_min(1e-3)])
 
 
 def split_dense(name: str, classes: list[str], seg_classes: list[str], pool: DenseSet, opts: DataOptions) -> DenseSplits:

@@ -9,7 +9,8 @@ from ..errors import UserError
 # Each module provides train(config, **options), evaluate(run, ...), load(path, device) -> predictor.
 TASKS: dict[str, str] = {
     "classify": "recogen.tasks.classify",
-    # "detect" and "segment" join here when their modules land (issue 3, in progress).
+    "detect": "recogen.tasks.detect",
+    "segment": "recogen.tasks.segment",
 }
 
 

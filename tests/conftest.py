@@ -41,3 +41,18 @@ def tiny_run(tmp_path_factory) -> Path:
     from recogen.tasks import classify
 
     return classify.train(**tiny_options(tmp_path_factory.mktemp("tiny") / "run"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one intra-op thread (use with ``pytestmark = pytest.mark.usefixtures``).
+
+    Tiny 32-64 px models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
+    waiting on each other made a step several times slower (measured).
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

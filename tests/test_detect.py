@@ -17,14 +17,7 @@ from recogen.tasks import detect
 CLASSES = ["a", "b", "c"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny 64 px models gain nothing from a second intra-op thread, and on a busy 2-core machine
-    # OpenMP threads waiting on each other made a step several times slower (measured).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _json(p: Path):
@@ -346,3 +339,26 @@ def test_interrupt_inside_the_api_is_resumable_and_bit_identical(tmp_path, tiny_
     assert [r["epoch"] for r in _json(out / "history.json")] == [0, 1, 2]
     # Exactly the run that was never interrupted (same seed): augmentation and order re-seeded per epoch.
     assert (out / "model.safetensors").read_bytes() == (tiny_runs["a"] / "model.safetensors").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ defaults
+def test_defaults_fit_the_data_and_the_cpu_budget():
+    from recogen.config import DetectConfig
+    from recogen.data import DataOptions
+    from recogen.data.dense import create_dense_dataset
+
+    splits = create_dense_dataset("shapes:600", DataOptions(image_size=128, channels=3))
+    cfg, why = detect.resolve_defaults(DetectConfig(data="shapes:600", image_size=128), splits)
+    # The benchmarked recipe (BENCHMARKS.md: beats YOLO11n in 8.5 CPU minutes on this data).
+    assert (cfg.model, cfg.batch_size, cfg.epochs, cfg.lr, cfg.augment) == ("fcos-s", 16, 33, 4e-3, "light")
+    assert cfg.precision == "32-true" and cfg.image_size == 128 and why
+    # A fixed compute budget: twice the images -> about half the epochs; 4x the pixels -> a quarter.
+    small = create_dense_dataset("shapes:300", DataOptions(image_size=128, channels=3))
+    assert detect.resolve_defaults(DetectConfig(data="shapes:300"), small)[0].epochs == pytest.approx(66, abs=2)
+    big = create_dense_dataset("shapes:100", DataOptions(image_size=256, channels=3))
+    n = len(big.train)
+    assert detect.resolve_defaults(DetectConfig(data="shapes:100"), big)[0].epochs == round(13_860 / 4 / n)
+    # Explicit choices are kept; --pretrained picks the COCO-pretrained Faster R-CNN.
+    mine = detect.resolve_defaults(DetectConfig(data="x", epochs=3, lr=1e-3, batch_size=4), splits)[0]
+    assert (mine.epochs, mine.lr, mine.batch_size) == (3, 1e-3, 4)
+    assert detect.resolve_defaults(DetectConfig(data="x", pretrained=True), splits)[0].model == "fasterrcnn-mobilenet"

@@ -29,9 +29,14 @@ def tiny_options(out: Path, **over) -> dict:
     return opts
 
 
-# Measured on shapes:300 at 48 px (seed 0, this recipe): see test_small_unet_learns_shapes.
+# Measured on shapes:300 at 48 px (seed 0, this recipe): see test_small_unet_learns_shapes. Telling ten
+# shapes apart pixel by pixel takes tens of thousands of image presentations (the 8.5-minute default run
+# reaches mIoU > 0.6, see BENCHMARKS.md); this ~50 s run learns background/foreground and the first classes.
+TRAIN_EPOCHS = 40
+MIN_MIOU = 0.11
+MIN_SHAPE_IOU_SUM = 0.3
 TRAIN_OPTIONS = dict(data="shapes:300", image_size=48, model="unet", model_kwargs={"width": 8, "depth": 3},
-                     epochs=12, batch_size=16, lr=5e-3, augment="light", progress=False, seed=0)
+                     epochs=TRAIN_EPOCHS, batch_size=16, lr=5e-3, augment="light", progress=False, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -170,21 +175,31 @@ def test_metrics_agree_with_torchmetrics_and_do_not_depend_on_batching():
 @pytest.mark.slow
 def test_small_unet_learns_shapes(trained):
     m = _json(trained / "metrics.json")
-    assert m["split"] == "test" and m["num_images"] == 45 and m["ignore_index"] == 255
-    # Measured 0.xx with these options (seed 0); a broken loss, mask or metric drops far below.
-    assert m["miou"] >= 0.0, m["miou"]
+    from recogen.data import DataOptions
+    from recogen.data.dense import create_dense_dataset
+
+    n_test = len(create_dense_dataset("shapes:300", DataOptions(image_size=48)).test)
+    assert m["split"] == "test" and m["num_images"] == n_test and m["ignore_index"] == 255
+    # Measured with these options (seed 0, 2 threads): mIoU 0.128, background IoU 0.93, circle 0.27,
+    # pentagon 0.15, hexagon 0.06 (shape IoUs sum to 0.48), other shapes 0 so far.
+    # Predicting background everywhere scores 0.08 (background IoU ~0.88 / 11 classes) and no shape.
+    assert m["miou"] >= MIN_MIOU, m["miou"]
+    assert m["per_class"]["background"]["iou"] >= 0.9
+    assert sum(v["iou"] or 0 for k, v in m["per_class"].items() if k != "background") >= MIN_SHAPE_IOU_SUM
     assert set(m["per_class"]) == {"background", "circle", "square", "triangle", "star", "hexagon", "cross",
                                    "ellipse", "diamond", "pentagon", "heart"}
     history = _json(trained / "history.json")
-    assert [r["epoch"] for r in history] == list(range(12))
-    assert max(r["val_miou"] for r in history) > history[0]["val_miou"] + 0.2
+    assert [r["epoch"] for r in history] == list(range(TRAIN_EPOCHS))
+    assert max(r["val_miou"] for r in history) > history[0]["val_miou"] + 0.08
     card = _json(trained / "model.json")
     assert card["task"] == "segment" and card["classes"][0] == "background" and card["ignore_index"] == 255
     assert card["image_size"] == 48 and card["in_chans"] == 3 and card["model_kwargs"] == {"width": 8, "depth": 3}
     for f in ["model.safetensors", "config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
               "per_class_iou.png", "confusion_matrix.png", "sample_predictions.png"]:
         assert (trained / f).is_file(), f
-    assert "epochs: 12" in (trained / "config.yaml").read_text() and "auto" not in (trained / "config.yaml").read_text()
+    saved = (trained / "config.yaml").read_text()
+    # Resolved, not "auto" (accelerator and devices stay "auto": Lightning resolves those per machine).
+    assert f"epochs: {TRAIN_EPOCHS}" in saved and "precision: 32-true" in saved and "augment: light" in saved
 
 
 @pytest.mark.slow
@@ -302,3 +317,23 @@ def test_evaluate_writes_metrics_and_plots(tiny):
                       "data", "ignore_index"}
     for f in ["per_class_iou.png", "sample_predictions.png", "confusion_matrix.png"]:
         assert (tiny / f).stat().st_size > 1000, f
+
+
+# ------------------------------------------------------------------------------------------ defaults
+def test_defaults_fit_the_data_and_the_cpu_budget():
+    from recogen.config import SegmentConfig
+    from recogen.data import DataOptions
+    from recogen.data.dense import create_dense_dataset
+
+    splits = create_dense_dataset("shapes:600", DataOptions(image_size=128, channels=3))
+    cfg, why = segment.resolve_defaults(SegmentConfig(data="shapes:600", image_size=128), splits)
+    # The benchmarked recipe (BENCHMARKS.md: the 8.5-minute run on this data).
+    assert cfg.model == "unet" and cfg.model_kwargs == {"width": 8, "depth": 5, "stem_stride": 2}
+    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.augment, cfg.precision) == (16, 80, 3e-3, "light", "32-true")
+    assert why
+    # Small images: full resolution and a shallower net; the pixel budget gives more epochs.
+    small = create_dense_dataset("shapes:600", DataOptions(image_size=48, channels=3))
+    s = segment.resolve_defaults(SegmentConfig(data="shapes:600"), small)[0]
+    assert s.model_kwargs == {"width": 8, "depth": 4, "stem_stride": 1} and s.epochs == round(80 * 64 * 64 / (48 * 48))
+    mine = segment.resolve_defaults(SegmentConfig(data="x", epochs=3, model_kwargs={"width": 4}), splits)[0]
+    assert mine.epochs == 3 and mine.model_kwargs == {"width": 4}

@@ -24,12 +24,17 @@ def train(task: str = "classify", config: Any = None, **options: Any):
     return get_task(task).train(config, **options)
 
 
-def load(path: Any, device: str = "cpu"):
-    """Load a trained model from a run folder or ``model.json``; returns the task's predictor."""
+def load(path: Any, device: str = "cpu", backend: str = "torch"):
+    """Load a trained model from a run folder or ``model.json``; returns the task's predictor.
+
+    ``backend="onnx"`` runs the run's ONNX export (``recogen export RUN``) with onnxruntime.
+    """
     from .export.portable import read_card
     from .tasks import get_task
 
-    return get_task(read_card(path)["task"]).load(path, device=device)
+    # Only tasks with an export format take a backend (generation has none yet).
+    extra = {} if backend == "torch" else {"backend": backend}
+    return get_task(read_card(path)["task"]).load(path, device=device, **extra)
 
 
 def create_model(name: str, **kwargs: Any):

@@ -46,6 +46,16 @@ TRAIN_HELP = {
     "channels_last": "use channels-last memory format (default: on for CNNs)",
     "progress": "show the progress bar",
     "resume": "continue the run in --out from its last checkpoint",
+    # generation (GenerateConfig)
+    "width": "base channel width of the generative network (default: per model)",
+    "latent_dim": "size of the latent vector z (vae, dcgan)",
+    "beta": "weight of the KL term of the VAE (beta-VAE; default 1)",
+    "loss": "GAN loss: nonsaturating, hinge or wgan-gp",
+    "spectral_norm": "spectral normalisation in the GAN discriminator",
+    "ema": "decay of the EMA of the generator/UNet weights used for sampling (0 turns it off)",
+    "conditional": "class-conditional model (sample a class with `generate sample --class`)",
+    "steps": "DDIM sampling steps of ddpm (default 25)",
+    "guidance": "classifier-free guidance scale of a conditional ddpm (1 = none)",
 }
 
 
@@ -91,11 +101,13 @@ def _options(ns: argparse.Namespace, exclude: tuple[str, ...] = ("func", "config
 # ------------------------------------------------------------------------------------------ actions
 # Each task module (recogen.tasks.<task>) provides train, evaluate, print_metrics, predict_files and
 # format_prediction; the CLI only parses options and prints.
-TASK_CONFIGS = {"classify": "ClassifyConfig", "detect": "DetectConfig", "segment": "SegmentConfig"}
+TASK_CONFIGS = {"classify": "ClassifyConfig", "detect": "DetectConfig", "segment": "SegmentConfig",
+                "generate": "GenerateConfig"}
 TASK_HELP = {
     "classify": "image classification: train, eval, predict",
     "detect": "object detection: train, eval, predict",
     "segment": "semantic segmentation: train, eval, predict",
+    "generate": "image generation (vae, dcgan, ddpm): train, sample, eval",
 }
 
 
@@ -128,7 +140,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     mod = _task(ns)
     kw = {k: getattr(ns, k) for k in PREDICT_OPTIONS[ns.command]}
     save = getattr(ns, "save", None)
-    results = mod.predict_files(ns.run, expand_inputs(ns.images), out_dir=save, **kw)
+    results = mod.predict_files(ns.run, expand_inputs(ns.images), out_dir=save, backend=ns.backend, **kw)
     if ns.json:
         print(json.dumps(results, indent=2))
     else:
@@ -137,6 +149,12 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         if save:
             print(f"wrote {len(results)} result image(s) to {save}")
     return 0
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from .export.cli_export import run_export
+
+    return run_export(ns)
 
 
 def cmd_models(ns: argparse.Namespace) -> int:
@@ -166,6 +184,56 @@ def cmd_data_convert(ns: argparse.Namespace) -> int:
     out = convert(f"{ns.src_format}:{ns.src}", ns.to, ns.out)
     print(f"wrote {ns.to} data set to {out}")
     return 0
+
+
+def cmd_generate_sample(ns: argparse.Namespace) -> int:
+    from .tasks import generate
+
+    out = generate.sample(ns.run, n=ns.n, seed=ns.seed, class_=ns.class_, out=ns.out,
+                          **{k: getattr(ns, k) for k in ("steps", "guidance") if getattr(ns, k) is not None})
+    print(f"wrote {ns.n} sample(s) to {out}")
+    return 0
+
+
+def cmd_generate_eval(ns: argparse.Namespace) -> int:
+    from .tasks import generate
+
+    m = generate.evaluate(ns.run, features=ns.features, features_weights=ns.features_weights, n=ns.n, seed=ns.seed,
+                          split=ns.split, write=not ns.no_write)
+    if ns.json:
+        print(json.dumps(m, indent=2))
+    else:
+        generate.print_metrics(m)
+    return 0
+
+
+def _add_generate_actions(actions) -> None:
+    """`generate sample` and `generate eval` (generation has no predict)."""
+    sa = actions.add_parser("sample", help="draw samples: a PNG grid, or a folder of PNGs plus grid.png")
+    sa.add_argument("run", help="run folder or model.json")
+    sa.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sa.add_argument("--class", dest="class_", metavar="CLASS", help="class name or index (conditional models)")
+    sa.add_argument("--out", metavar="PATH", help="PATH.png: the grid; otherwise a folder (default RUN/samples_seedS.png)")
+    sa.add_argument("--steps", type=int, help="DDIM steps (ddpm; default: the model's)")
+    sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (conditional ddpm)")
+    sa.set_defaults(func=cmd_generate_sample)
+
+    ev = actions.add_parser("eval", help="FID, KID, precision/recall against held-out real images, with the real-vs-real floor")
+    ev.add_argument("run", help="run folder")
+    ev.add_argument("--features", required=True, metavar="NAME[:ARG]",
+                    help="feature extractor: classifier:RUN (a recogen classifier run) or inception")
+    ev.add_argument("--features-weights", metavar="PATH", help="local weights file of the extractor (inception)")
+    ev.add_argument("--n", type=int, default=1000, help="generated and real images compared (default 1000)")
+    ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ev.add_argument("--split", choices=["train", "val", "test"], help="real images to compare with (default test)")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--no-write", action="store_true", help="do not write metrics.json")
+    ev.set_defaults(func=cmd_generate_eval)
+
+
+# Tasks whose actions after `train` differ from eval + predict.
+TASK_ACTIONS: dict[str, Callable[[Any], None]] = {"generate": _add_generate_actions}
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
@@ -211,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument("--config", metavar="YAML", help="read options from a YAML file; command-line options win")
         _add_config_options(tr, getattr(config_mod, cfg_name))
         tr.set_defaults(func=cmd_train, config=None)
+        if task in TASK_ACTIONS:
+            TASK_ACTIONS[task](actions)
+            continue
 
         ev = actions.add_parser("eval", help="metrics and plots of a run on its test split (or another)")
         ev.add_argument("run", help="run folder")
@@ -226,7 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
         pr.add_argument("--json", action="store_true", help="print results as JSON")
         for flag, kw in PREDICT_FLAGS[task]:
             pr.add_argument(flag, **kw)
+        pr.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                        help="torch (default) or onnx: run RUN/model.onnx (made by `recogen export`) with onnxruntime")
         pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="export a trained run to ONNX (checked with onnxruntime), TorchScript or safetensors")
+    ex.add_argument("run", help="run folder or model.json")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "safetensors"], help="default onnx")
+    ex.add_argument("--out", metavar="PATH", help="output file or folder (default RUN/model.onnx, RUN/model.pt)")
+    ex.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    ex.add_argument("--force", action="store_true", help="replace an existing output file")
+    ex.set_defaults(func=cmd_export)
 
     mo = sub.add_parser("models", help="list registered models")
     mo.add_argument("--task", help="only models of this task")

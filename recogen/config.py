@@ -70,6 +70,26 @@ class SegmentConfig(TrainConfig):
     data: str = "shapes"
 
 
+@dataclass
+class GenerateConfig(TrainConfig):
+    """A generative-model training run (vae, dcgan, ddpm). ``None``/"auto": chosen per model family."""
+
+    model: str = "auto"
+    augment: str = "none"
+    optimizer: str = "auto"
+    weight_decay: float = 0.0
+    schedule: str = "auto"
+    width: int | None = None
+    latent_dim: int | None = None
+    beta: float | None = None
+    loss: str = "auto"
+    spectral_norm: bool = False
+    ema: float | None = None
+    conditional: bool = False
+    steps: int | None = None
+    guidance: float | None = None
+
+
 def from_dict(cls: type[C], d: dict[str, Any], source: str = "config") -> C:
     """Build ``cls`` from a dict; unknown keys raise ConfigError naming them and the valid keys."""
     names = {f.name for f in fields(cls)}

@@ -154,7 +154,7 @@ def test_generation_metrics_and_floor_on_images(digits28, extractor):
     assert m["features"] == extractor.name and m["n_real"] == len(a) and m["n_fake"] == len(b)
     floor = G.real_floor(digits28, extractor, seed=0, kid_subset_size=200, kid_subsets=SUBSETS)
     # The floor with seed 0 is exactly these two halves.
-    assert floor["fid"] == pytest.approx(m["fid"], rel=1e-9) and floor["n_real"] + floor["n_fake"] == len(digits28)
+    assert floor["fid"] == pytest.approx(m["fid"], rel=1e-6) and floor["n_real"] + floor["n_fake"] == len(digits28)
     other = G.real_floor(digits28, extractor, seed=1, kid_subset_size=200, kid_subsets=SUBSETS)
     assert other["fid"] != floor["fid"]
 

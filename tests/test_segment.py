@@ -334,6 +334,7 @@ def test_defaults_fit_the_data_and_the_cpu_budget():
     # Small images: full resolution and a shallower net; the pixel budget gives more epochs.
     small = create_dense_dataset("shapes:600", DataOptions(image_size=48, channels=3))
     s = segment.resolve_defaults(SegmentConfig(data="shapes:600"), small)[0]
-    assert s.model_kwargs == {"width": 8, "depth": 4, "stem_stride": 1} and s.epochs == round(80 * 64 * 64 / (48 * 48))
+    assert s.model_kwargs == {"width": 8, "depth": 4, "stem_stride": 1}
+    assert s.epochs == round(80 * 420 * 64 * 64 / (len(small.train) * 48 * 48))
     mine = segment.resolve_defaults(SegmentConfig(data="x", epochs=3, model_kwargs={"width": 4}), splits)[0]
     assert mine.epochs == 3 and mine.model_kwargs == {"width": 4}

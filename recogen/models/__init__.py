@@ -16,7 +16,7 @@ MODELS: Registry = Registry("model", error=ModelError)
 register_model = MODELS.register
 
 # One package per task; each package's __init__ imports its builder modules.
-_BUILDER_PACKAGES = ("classifiers", "detectors", "segmenters")
+_BUILDER_PACKAGES = ("classifiers", "detectors", "segmenters", "generators")
 
 
 def _load_builders() -> None:

@@ -11,6 +11,7 @@ TASKS: dict[str, str] = {
     "classify": "recogen.tasks.classify",
     "detect": "recogen.tasks.detect",
     "segment": "recogen.tasks.segment",
+    "generate": "recogen.tasks.generate",
 }
 
 

@@ -301,9 +301,9 @@ def print_metrics(m: dict[str, Any]) -> None:
 
 
 def predict_files(run: str | Path, files: list[Path], out_dir: Path | None = None, device: str = "cpu",
-                  topk: int = 5) -> list[dict[str, Any]]:
+                  topk: int = 5, backend: str = "torch") -> list[dict[str, Any]]:
     """Predict image files (the CLI's ``predict``); JSON-able results. Nothing is written: ``out_dir`` is unused."""
-    return load(run, device).predict([str(f) for f in files], topk=topk)
+    return load(run, device, backend).predict([str(f) for f in files], topk=topk)
 
 
 def format_prediction(r: dict[str, Any]) -> str:
@@ -312,9 +312,14 @@ def format_prediction(r: dict[str, Any]) -> str:
     return f"{r['path']}: {r['label']} ({r['prob']:.3f})" + (f"  [{alts}]" if alts else "")
 
 
-def load(path: str | Path, device: str = "cpu") -> Classifier:
-    """Load a trained classifier from a run folder or a ``model.json``."""
-    model, card = load_portable(path, device)
+def load(path: str | Path, device: str = "cpu", backend: str = "torch") -> Classifier:
+    """Load a trained classifier from a run folder or a ``model.json``.
+
+    ``backend="onnx"`` runs the ONNX export (``recogen export RUN --format onnx``) with onnxruntime.
+    """
+    from ..export import load_backend
+
+    model, card = load_backend(path, device, backend)
     if card.get("task") != TASK:
         raise RunError(f"{path} holds a {card.get('task')} model, not a classifier")
     p = Path(path)

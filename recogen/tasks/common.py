@@ -111,8 +111,13 @@ def configure_optimizers(cfg: TrainConfig, params, total_steps: int):
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         raise ConfigError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
+    if cfg.schedule != "none" and total_steps < 3:
+        return opt  # too few steps for a schedule (OneCycleLR divides by zero below 3 steps)
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
+        # A quarter of the steps warm up; a very short run (a few batches) needs >= 1 step per phase,
+        # or OneCycleLR divides by zero.
+        pct = max(0.25, 2 / total_steps)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct)
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     elif cfg.schedule == "none":

@@ -103,6 +103,22 @@ def save_config(cfg: TrainConfig, run: Path) -> None:
     save_yaml(cfg, run / "config.yaml")
 
 
+def make_scheduler(opt, schedule: str, lr: float, total_steps: int, warmup: float = 0.25):
+    """The per-step LR schedule ``schedule`` (onecycle, cosine or none) for ``opt``; None for a constant rate.
+
+    ``warmup`` is one-cycle's warm-up fraction. A very short run (a few batches) gets at least one step
+    per one-cycle phase, and below 3 steps a constant rate: OneCycleLR divides by zero otherwise.
+    """
+    if schedule not in ("onecycle", "cosine", "none"):
+        raise ConfigError(f"unknown --schedule {schedule!r}; choose onecycle, cosine or none")
+    if schedule == "none" or total_steps < 3:
+        return None
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
+                                                   pct_start=max(warmup, 2 / total_steps))
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+
+
 def configure_optimizers(cfg: TrainConfig, params, total_steps: int):
     """AdamW or SGD with a one-cycle, cosine or no schedule (stepped every batch), as Lightning wants it."""
     if cfg.optimizer == "adamw":
@@ -111,19 +127,9 @@ def configure_optimizers(cfg: TrainConfig, params, total_steps: int):
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         raise ConfigError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
-    if cfg.schedule != "none" and total_steps < 3:
-        return opt  # too few steps for a schedule (OneCycleLR divides by zero below 3 steps)
-    if cfg.schedule == "onecycle":
-        # A quarter of the steps warm up; a very short run (a few batches) needs >= 1 step per phase,
-        # or OneCycleLR divides by zero.
-        pct = max(0.25, 2 / total_steps)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct)
-    elif cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    elif cfg.schedule == "none":
+    sched = make_scheduler(opt, cfg.schedule, cfg.lr, total_steps)
+    if sched is None:
         return opt
-    else:
-        raise ConfigError(f"unknown --schedule {cfg.schedule!r}; choose onecycle, cosine or none")
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -134,16 +134,6 @@ def _optimizer(cfg: GenerateConfig, params, betas: tuple[float, float]) -> torch
     raise ConfigError(f"unknown --optimizer {cfg.optimizer!r} for generation; choose adam or adamw")
 
 
-def _scheduler(cfg: GenerateConfig, opt, total_steps: int):
-    if cfg.schedule == "none":
-        return None
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.1)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    raise ConfigError(f"unknown --schedule {cfg.schedule!r}; choose onecycle, cosine or none")
-
-
 def make_module(model: nn.Module, cfg: GenerateConfig, hflip_ok: bool, total_steps: int):
     """The LightningModule that trains any generative model by its phases (manual optimisation)."""
     pl = common.lightning()
@@ -216,7 +206,7 @@ def make_module(model: nn.Module, cfg: GenerateConfig, hflip_ok: bool, total_ste
             for params in model.param_groups().values():
                 opt = _optimizer(cfg, params, model.adam_betas)
                 opts.append(opt)
-                s = _scheduler(cfg, opt, total_steps)
+                s = common.make_scheduler(opt, cfg.schedule, cfg.lr, total_steps, warmup=0.1)
                 if s is not None:
                     scheds.append({"scheduler": s, "interval": "step"})
             return opts, scheds
@@ -393,8 +383,10 @@ def sample(run: str | Path, n: int = 64, seed: int = 0, class_: int | str | None
     return out
 
 
-def load(path: str | Path, device: str = "cpu") -> Generator:
-    """Load a trained generator from a run folder or a ``model.json``."""
+def load(path: str | Path, device: str = "cpu", backend: str = "torch") -> Generator:
+    """Load a trained generator from a run folder or a ``model.json`` (PyTorch only: no export format yet)."""
+    if backend != "torch":
+        raise ConfigError(f"generators run only with the torch backend, not {backend!r} (they have no export yet)")
     model, card = load_portable(path, device)
     if card.get("task") != TASK:
         raise RunError(f"{path} holds a {card.get('task')} model, not a generator")

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import ModelError
 
 INPUT_NAME = "images"
+CHECK_BATCHES = (1, 3)  # exports are traced at batch 2 and checked at 1 and 3: the batch axis really is dynamic
 
 
 @dataclasses.dataclass
@@ -152,6 +153,19 @@ def build_graph(model: nn.Module, card: dict[str, Any]) -> Graph:
     # The wrapper must be in eval mode too: exporters restore the top module's mode onto every child.
     graph.module.eval()
     return graph
+
+
+def check_against_eager(graph: Graph, run: Callable[[torch.Tensor], tuple]) -> float:
+    """Max |run(x) - graph.module(x)| over seeded sample batches of each size in CHECK_BATCHES.
+
+    ``run`` is the exported model (onnxruntime session, traced module) on the same input batch.
+    """
+    worst = 0.0
+    with torch.no_grad():
+        for i, b in enumerate(CHECK_BATCHES):
+            x = graph.sample(b, 1 + i)
+            worst = max(worst, max_abs_diff(tuple(t.numpy() for t in graph.module(x)), run(x)))
+    return worst
 
 
 def max_abs_diff(a: tuple, b: tuple) -> float:

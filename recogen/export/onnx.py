@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, RunError
-from .graphs import INPUT_NAME, Graph, build_graph, max_abs_diff
+from .graphs import CHECK_BATCHES, INPUT_NAME, Graph, build_graph, check_against_eager
 
 DEFAULT_OPSET = 17
-TOLERANCE = 1e-4  # fp32: max |onnxruntime - eager| over the sample batches
-CHECK_BATCHES = (1, 3)  # traced at 2, checked at 1 and 3: the batch axis really is dynamic
+TOLERANCE = 1e-4  # fp32: max |onnxruntime - eager| over the sample batches (graphs.CHECK_BATCHES)
 
 
 def weights_sha256(path: Path) -> str:
@@ -83,16 +82,9 @@ def _add_metadata(path: str, card: dict[str, Any], graph: Graph, sha: str | None
 
 
 def verify(graph: Graph, path: str) -> float:
-    """Max |onnxruntime - eager| over seeded sample batches of each size in CHECK_BATCHES."""
+    """Max |onnxruntime - eager| over the seeded sample batches (graphs.CHECK_BATCHES)."""
     sess = open_session(path)
-    worst = 0.0
-    with torch.inference_mode():
-        for i, b in enumerate(CHECK_BATCHES):
-            x = graph.sample(b, 1 + i)
-            ref = tuple(t.numpy() for t in graph.module(x))
-            got = tuple(sess.run(graph.output_names, {INPUT_NAME: x.numpy()}))
-            worst = max(worst, max_abs_diff(ref, got))
-    return worst
+    return check_against_eager(graph, lambda x: tuple(sess.run(graph.output_names, {INPUT_NAME: x.numpy()})))
 
 
 def export_onnx(model: nn.Module, card: dict[str, Any], out: Path, opset: int = DEFAULT_OPSET,

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .graphs import build_graph, max_abs_diff
+from .graphs import CHECK_BATCHES, build_graph, check_against_eager
 
 TOLERANCE = 1e-5  # the traced graph runs the same kernels as eager: only reordering differences
-CHECK_BATCHES = (1, 3)
 
 
 def export_torchscript(model: nn.Module, card: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -34,10 +33,7 @@ def export_torchscript(model: nn.Module, card: dict[str, Any], out: Path) -> dic
             traced = torch.jit.trace(graph.module, (graph.sample(2, 0),), check_trace=False)
         except Exception as e:
             raise ModelError(f"TorchScript export of {card.get('model')} failed: {str(e).splitlines()[0][:300]}") from e
-        diff = 0.0
-        for i, b in enumerate(CHECK_BATCHES):
-            x = graph.sample(b, 1 + i)
-            diff = max(diff, max_abs_diff(tuple(t.numpy() for t in graph.module(x)), tuple(t.numpy() for t in traced(x))))
+        diff = check_against_eager(graph, lambda x: tuple(t.numpy() for t in traced(x)))
     if not diff <= TOLERANCE:
         raise ModelError(f"TorchScript export of {card.get('model')} does not match the PyTorch model: max abs "
                          f"difference {diff:.3g} > {TOLERANCE:g}; nothing was written")

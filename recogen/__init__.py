@@ -32,9 +32,7 @@ def load(path: Any, device: str = "cpu", backend: str = "torch"):
     from .export.portable import read_card
     from .tasks import get_task
 
-    # Only tasks with an export format take a backend (generation has none yet).
-    extra = {} if backend == "torch" else {"backend": backend}
-    return get_task(read_card(path)["task"]).load(path, device=device, **extra)
+    return get_task(read_card(path)["task"]).load(path, device=device, backend=backend)
 
 
 def create_model(name: str, **kwargs: Any):

@@ -149,6 +149,9 @@ def test_sampling_is_seeded_and_class_conditional(runs):
     assert not torch.equal(a, gen.sample(8, seed=4, class_=7))
     # Sampling in chunks gives the same images as one batch.
     assert torch.equal(generate._sample_uint8(gen.model, 8, 3, torch.full((8,), 7), batch=3), a)
+    # recogen.load takes the same backend option for every task; generators have no export yet.
+    with pytest.raises(ConfigError, match="torch backend"):
+        recogen.load(runs["dcgan"], backend="onnx")
 
 
 def test_sample_writes_a_grid_or_a_folder(runs, tmp_path):

@@ -19,6 +19,16 @@ def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subpro
                           timeout=timeout, cwd=cwd or ROOT)
 
 
+def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user mistake through the CLI: exit 2, one ``error:`` line naming each of ``needles``, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 def tiny_options(out: Path, **over) -> dict:
     """A few-second training run: 300 digits at 16 px, cnn-s, 3 epochs."""
     opts = dict(data="digits", limit=300, image_size=16, model="cnn-s", epochs=3, batch_size=64,

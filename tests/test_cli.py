@@ -9,16 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_cli
-
-
-def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+from conftest import one_line_error as _one_line_error, run_cli
 
 
 def test_help_does_not_import_torch():

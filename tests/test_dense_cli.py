@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
-from recogen.data import DataOptions
+from conftest import one_line_error as _one_line_error, run_cli
 from recogen.data.formats import write_coco, write_masks
 from recogen.data.shapes_scenes import make_scenes
 
@@ -22,14 +21,6 @@ DETECT_TINY = ["--model", "fcos-s", "--model-kwargs", '{"width": 8, "fpn_channel
                "--batch-size", "8", "--augment", "none", "--no-progress"]
 SEGMENT_TINY = ["--model", "unet", "--model-kwargs", '{"width": 4, "depth": 2}', "--epochs", "1", "--batch-size", "8",
                 "--augment", "none", "--no-progress"]
-
-
-def _one_line_error(r, *needles: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

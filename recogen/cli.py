@@ -45,6 +45,7 @@ TRAIN_HELP = {
     "devices": "number of devices, or auto",
     "channels_last": "use channels-last memory format (default: on for CNNs)",
     "progress": "show the progress bar",
+    "synthetic": "RUN:N adds N images per class from a class-conditional `generate` run to the training split",
     "resume": "continue the run in --out from its last checkpoint",
     # generation (GenerateConfig)
     "width": "base channel width of the generative network (default: per model)",
@@ -54,7 +55,8 @@ TRAIN_HELP = {
     "spectral_norm": "spectral normalisation in the GAN discriminator",
     "ema": "decay of the EMA of the generator/UNet weights used for sampling (0 turns it off)",
     "conditional": "class-conditional model (sample a class with `generate sample --class`)",
-    "steps": "DDIM sampling steps of ddpm (default 25)",
+    "steps": "sampling steps of ddpm (default 15)",
+    "sampler": "ddpm sampler: ddim (default) or dpm++ (DPM-Solver++ 2M, with thresholding)",
     "guidance": "classifier-free guidance scale of a conditional ddpm (1 = none)",
 }
 
@@ -186,11 +188,15 @@ def cmd_data_convert(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _sampler_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The sampler flags given on the command line (the model's saved defaults fill the rest)."""
+    return {k: getattr(ns, k) for k in ("steps", "sampler", "guidance") if getattr(ns, k, None) is not None}
+
+
 def cmd_generate_sample(ns: argparse.Namespace) -> int:
     from .tasks import generate
 
-    out = generate.sample(ns.run, n=ns.n, seed=ns.seed, class_=ns.class_, out=ns.out,
-                          **{k: getattr(ns, k) for k in ("steps", "guidance") if getattr(ns, k) is not None})
+    out = generate.sample(ns.run, n=ns.n, seed=ns.seed, class_=ns.class_, out=ns.out, **_sampler_options(ns))
     print(f"wrote {ns.n} sample(s) to {out}")
     return 0
 
@@ -199,12 +205,18 @@ def cmd_generate_eval(ns: argparse.Namespace) -> int:
     from .tasks import generate
 
     m = generate.evaluate(ns.run, features=ns.features, features_weights=ns.features_weights, n=ns.n, seed=ns.seed,
-                          split=ns.split, write=not ns.no_write)
+                          split=ns.split, write=not ns.no_write, **_sampler_options(ns))
     if ns.json:
         print(json.dumps(m, indent=2))
     else:
         generate.print_metrics(m)
     return 0
+
+
+def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help="sampling steps (ddpm; default: the model's)")
+    p.add_argument("--sampler", choices=["ddim", "dpm++"], help="ddpm sampler (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (conditional ddpm)")
 
 
 def _add_generate_actions(actions) -> None:
@@ -215,8 +227,7 @@ def _add_generate_actions(actions) -> None:
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--class", dest="class_", metavar="CLASS", help="class name or index (conditional models)")
     sa.add_argument("--out", metavar="PATH", help="PATH.png: the grid; otherwise a folder (default RUN/samples_seedS.png)")
-    sa.add_argument("--steps", type=int, help="DDIM steps (ddpm; default: the model's)")
-    sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (conditional ddpm)")
+    _add_sampler_flags(sa)
     sa.set_defaults(func=cmd_generate_sample)
 
     ev = actions.add_parser("eval", help="FID, KID, precision/recall against held-out real images, with the real-vs-real floor")
@@ -229,6 +240,7 @@ def _add_generate_actions(actions) -> None:
     ev.add_argument("--split", choices=["train", "val", "test"], help="real images to compare with (default test)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--no-write", action="store_true", help="do not write metrics.json")
+    _add_sampler_flags(ev)
     ev.set_defaults(func=cmd_generate_eval)
 
 
@@ -256,6 +268,11 @@ PREDICT_FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 # The keyword arguments each task's predict_files takes from those flags (--save becomes out_dir).
 PREDICT_OPTIONS = {t: [kw.get("dest", f.lstrip("-").replace("-", "_")) for f, kw in flags if f != "--save"]
                    for t, flags in PREDICT_FLAGS.items()}
+
+
+# Commands that live in their own package: module -> ``add_parser(sub, parser_class)``. Each module
+# imports only argparse at load time (the work is imported when the command runs).
+COMMAND_MODULES: list[str] = ["recogen.serve.cli_serve", "recogen.edit.cli_edit"]
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -329,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; replaced if it exists)")
     de.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show the progress bar")
     de.set_defaults(func=cmd_demo)
+
+    import importlib
+
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).add_parser(sub, _Parser)
     return p
 
 

@@ -1,0 +1,20 @@
+"""The REST service and web page: ``recogen serve RUN [RUN...]``.
+
+>>> from recogen.serve import create_app
+>>> app = create_app(["runs/classify/digits"])      # a FastAPI app; run it with uvicorn
+
+Importing this package is instant: FastAPI, torch and the models are imported by :func:`create_app`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def create_app(runs: Any = (), **options: Any):
+    """Build the FastAPI app serving ``runs`` (run folders or model.json paths); see :func:`recogen.serve.app.create_app`."""
+    from .app import create_app as _create
+
+    return _create(runs, **options)
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,351 @@
+"""The FastAPI app: ``create_app(runs)`` loads each run once and serves
+
+- ``POST /v1/{classify,detect,segment}``: one image (multipart field ``file``, JSON ``{"image": base64}``
+  or a raw ``image/*`` body) -> the JSON of ``recogen TASK predict --json`` for that image;
+- ``POST /v1/generate``: samples of a generative run, as a PNG grid or base64 PNGs;
+- ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /`` (the web page), ``/docs``.
+
+Every client mistake is a 4xx ``{"error": message}``; a 500 means a bug (logged with its traceback).
+Inference runs in the thread pool under a per-model lock, so the event loop stays free.
+"""
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime, and
+# some of them are classes local to create_app.
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional, Sequence
+
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import UserError
+from .errors import ApiError, user_error_status
+from .images import DEFAULT_MAX_PIXELS, decode_image, png_bytes
+from .metrics import Metrics, MetricsMiddleware, route_label
+from .models import HANDLERS, Served, load_models
+from .params import PARAMS, GenerateParams, Params
+
+log = logging.getLogger("recogen.serve")
+PAGE_DIR = Path(__file__).parent / "page"
+# Room for multipart headers / JSON keys around the image itself.
+BODY_SLACK = 64 * 1024
+GENERATE_BODY_LIMIT = 64 * 1024
+
+
+def _image_body_schema(params: type[Params]) -> dict[str, Any]:
+    """OpenAPI request body of a predict endpoint (the body is parsed by hand to bound its size)."""
+    fields = {k: v for k, v in params.model_json_schema()["properties"].items()}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "the image (PNG, JPEG, BMP, GIF, TIFF, WebP)"},
+            **fields}}},
+        "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "byte", "description": "the image file, base64 (a data: URL is accepted)"},
+            **fields}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    }}}
+
+
+ERROR_RESPONSES = {s: {"description": d, "content": {"application/json": {"example": {"error": "what went wrong and how to fix it"}}}}
+                   for s, d in [(400, "not an image, truncated, empty, malformed body"), (401, "missing or wrong API key"),
+                                (404, "unknown model"), (413, "upload over --max-upload-mb or image over --max-pixels"),
+                                (415, "unsupported content type"), (422, "invalid parameters")]}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it passes ``limit`` bytes: never reads unbounded data."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ApiError(400, f"invalid Content-Length header {declared!r}")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes "
+                                "(start the server with a larger --max-upload-mb)", "too_large")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(413, f"request body over the limit of {limit} bytes (start the server with a larger "
+                                "--max-upload-mb)", "too_large")
+    return bytes(buf)
+
+
+def _b64decode(s: Any, what: str) -> bytes:
+    if not isinstance(s, str):
+        raise ApiError(422, f"{what} must be a base64 string", "invalid_params")
+    if s.startswith("data:") and "," in s:  # a data: URL, as a browser's FileReader gives
+        s = s.split(",", 1)[1]
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{what} is not valid base64", "bad_base64") from None
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _image_and_params(request: Request, max_upload: int) -> tuple[bytes, dict[str, Any]]:
+    """``(image bytes, body params)`` from a multipart, JSON or raw image body; 413/415/400 otherwise."""
+    ctype = _content_type(request)
+    if ctype == "multipart/form-data":
+        from starlette.formparsers import MultiPartException, MultiPartParser
+        from starlette.datastructures import UploadFile
+
+        body = await _read_body(request, max_upload + BODY_SLACK)
+
+        async def once():
+            yield body
+
+        try:
+            form = await MultiPartParser(request.headers, once(), max_files=1, max_fields=20,
+                                         max_part_size=max_upload + BODY_SLACK).parse()
+        except MultiPartException as e:
+            raise ApiError(400, f"malformed multipart body: {e.message}", "bad_multipart") from None
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "the multipart body needs the image in a file field named 'file' "
+                                "(curl -F file=@image.png ...)", "invalid_params")
+        data = await upload.read()
+        params = {k: v for k, v in form.multi_items() if k != "file"}
+    elif ctype == "application/json":
+        body = await _read_body(request, max_upload * 4 // 3 + 4 + BODY_SLACK)
+        try:
+            obj = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "the body is not valid JSON; send {\"image\": \"<base64>\"}", "bad_json") from None
+        if not isinstance(obj, dict) or "image" not in obj:
+            raise ApiError(422, "the JSON body needs an \"image\" key holding the base64 image file", "invalid_params")
+        data = _b64decode(obj.pop("image"), "image")
+        params = obj
+    elif ctype.startswith("image/"):
+        data = await _read_body(request, max_upload)
+        params = {}
+    else:
+        raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data with a "
+                            "'file' field, application/json with a base64 'image', or an image/* body", "content_type")
+    if len(data) > max_upload:
+        raise ApiError(413, f"image of {len(data)} bytes is over the limit of {max_upload} bytes "
+                            "(start the server with a larger --max-upload-mb)", "too_large")
+    return data, params
+
+
+def _merge_params(cls: type[Params], query: Params, extra: dict[str, Any]) -> Params:
+    """Query parameters, overridden by those in the body; validated together (422 on a bad value)."""
+    if not extra:
+        return query
+    try:
+        return cls.model_validate({**query.model_dump(exclude_unset=True, by_alias=True), **extra})
+    except ValidationError as e:
+        raise ApiError(422, "invalid parameters: " + _validation_text(e.errors()), "invalid_params") from None
+
+
+def _validation_text(errors: Sequence[Any]) -> str:
+    parts = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "body")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str = "cpu", max_upload_mb: float = 10,
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_generate: int = 64, api_key: Optional[str] = None,
+               models: Optional[dict[str, Served]] = None) -> FastAPI:
+    """Build the service for ``runs`` (run folders or model.json paths), each loaded once now.
+
+    ``backend`` torch or onnx (recognition runs; generators always use torch); ``max_upload_mb`` bounds
+    an uploaded image file, ``max_pixels`` its width x height (checked before decoding), ``max_generate``
+    the images of one generate request; ``api_key``, when set, is required (``X-API-Key`` or
+    ``Authorization: Bearer``) on every route but /healthz and the static page. ``models`` passes
+    already loaded models instead of ``runs``.
+
+    >>> app = create_app(["runs/classify/digits"], api_key="secret")
+    >>> import uvicorn; uvicorn.run(app, port=8000)
+    """
+    from .. import __version__
+
+    if max_upload_mb <= 0 or max_pixels < 1 or max_generate < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError("--max-upload-mb, --max-pixels and --max-generate must be positive")
+    served = models if models is not None else load_models(list(runs), backend=backend, device=device)
+    max_upload = int(max_upload_mb * 2**20)
+    metrics = Metrics()
+    app = FastAPI(title="recogen", version=__version__,
+                  description="Image classification, detection, segmentation and generation with recogen models. "
+                              "Errors are JSON: {\"error\": message}.")
+    app.state.models, app.state.metrics = served, metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    # ------------------------------------------------------------------------------ auth
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's --api-key")
+    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <the server's --api-key>")
+
+    def require_key(x_api_key: Annotated[Optional[str], Security(key_header)],
+                    auth: Annotated[Optional[HTTPAuthorizationCredentials], Security(bearer)]) -> None:
+        given = x_api_key or (auth.credentials if auth else None)
+        if given is None:
+            raise ApiError(401, "this server needs an API key: send it as X-API-Key or Authorization: Bearer",
+                           "unauthorized")
+        if not hmac.compare_digest(given.encode(), api_key.encode()):  # constant time
+            raise ApiError(401, "wrong API key", "unauthorized")
+
+    protected = [Depends(require_key)] if api_key else []
+
+    # ------------------------------------------------------------------------- errors
+    def _error(request: Request, status: int, message: str, kind: str, headers=None) -> JSONResponse:
+        metrics.errors.labels(route_label(request.scope), kind).inc()
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(request, exc.status, exc.message, exc.kind, headers)
+
+    @app.exception_handler(UserError)
+    async def on_user_error(request: Request, exc: UserError):
+        return _error(request, user_error_status(exc), str(exc), "user_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError):
+        return _error(request, 422, "invalid parameters: " + _validation_text(exc.errors()), "invalid_params")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        msg = exc.detail
+        if exc.status_code == 404 and msg == "Not Found":
+            msg = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+        elif exc.status_code == 405:
+            msg = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        return _error(request, exc.status_code, str(msg), "http", getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception):
+        # Only real bugs get here: every client mistake is an ApiError or UserError above.
+        log.exception("internal error answering %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal server error ({type(exc).__name__}); it was logged"}, status_code=500)
+
+    # ------------------------------------------------------------------------- helpers
+    def pick(task: str, name: Optional[str]) -> Served:
+        if name is not None:
+            m = served.get(name)
+            if m is None:
+                raise ApiError(404, f"unknown model {name!r}; served: {', '.join(served) or 'none'} (GET /v1/models)",
+                               "unknown_model")
+            if m.task != task:
+                raise ApiError(404, f"model {name!r} is a {m.task} model; POST it to /v1/{m.task}", "unknown_model")
+            return m
+        for m in served.values():
+            if m.task == task:
+                return m
+        raise ApiError(404, f"no {task} model is served; start the server with a {task} run (GET /v1/models)",
+                       "unknown_model")
+
+    async def run_locked(m: Served, fn):
+        def call():
+            with m.lock:  # one prediction at a time per model; other models run in parallel
+                t0 = time.perf_counter()
+                out = fn()
+                metrics.inference.labels(m.name, m.task).observe(time.perf_counter() - t0)
+                return out
+
+        return await run_in_threadpool(call)
+
+    # ---------------------------------------------------------------------- endpoints
+    def add_predict_route(task: str, cls: type[Params]) -> None:
+        handler = HANDLERS[task]
+
+        async def predict(request: Request, query: Annotated[cls, Query()]) -> dict:  # type: ignore[valid-type]
+            data, extra = await _image_and_params(request, max_upload)
+            params = _merge_params(cls, query, extra)
+            m = pick(task, params.model)
+            image = await run_in_threadpool(decode_image, data, max_pixels)
+            return await run_locked(m, lambda: handler(m.predictor, image, params))
+
+        predict.__name__ = f"{task}_image"
+        app.post(f"/v1/{task}", tags=["predict"], dependencies=protected, responses=ERROR_RESPONSES,
+                 summary=f"{task} one image", openapi_extra=_image_body_schema(cls),
+                 description=f"The JSON of `recogen {task} predict --json` for one image (without \"path\"). "
+                             "Parameters go in the query string, the form or the JSON body.")(predict)
+
+    for task, cls in PARAMS.items():
+        add_predict_route(task, cls)
+
+    @app.post("/v1/generate", tags=["generate"], dependencies=protected, summary="sample a generative model",
+              responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "application/json": {}},
+                                                   "description": "a PNG grid, or JSON with base64 PNGs"}},
+              openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
+                  "schema": GenerateParams.model_json_schema(by_alias=True)}}}})
+    async def generate(request: Request, query: Annotated[GenerateParams, Query()]):
+        extra: dict[str, Any] = {}
+        ctype = _content_type(request)
+        body = await _read_body(request, GENERATE_BODY_LIMIT)
+        if body:
+            if ctype != "application/json":
+                raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send parameters in the "
+                                    "query string or as an application/json body", "content_type")
+            try:
+                extra = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ApiError(400, "the body is not valid JSON", "bad_json") from None
+            if not isinstance(extra, dict):
+                raise ApiError(422, "the JSON body must be an object of parameters", "invalid_params")
+        p = _merge_params(GenerateParams, query, extra)
+        if p.n > max_generate:
+            raise ApiError(422, f"n={p.n} is over this server's limit of {max_generate} images per request "
+                                "(--max-generate)", "invalid_params")
+        m = pick("generate", p.model)
+        gen = m.predictor
+
+        def sample():
+            from ..tasks.generate import make_grid
+
+            imgs = gen.sample(p.n, seed=p.seed, class_=p.class_)
+            grid = make_grid(imgs, gen.nrow(p.n))
+            return imgs, grid
+
+        imgs, grid = await run_locked(m, sample)
+        to_png = lambda t: png_bytes(_hwc(t))  # noqa: E731
+        if p.format == "png":
+            return Response(await run_in_threadpool(to_png, grid), media_type="image/png",
+                            headers={"X-Recogen-Model": m.name, "X-Recogen-Seed": str(p.seed)})
+        b64 = lambda t: base64.b64encode(to_png(t)).decode("ascii")  # noqa: E731
+        grid_b64, images_b64 = await run_in_threadpool(lambda: (b64(grid), [b64(t) for t in imgs]))
+        return {"model": m.name, "n": p.n, "seed": p.seed, "class": p.class_, "grid_png": grid_b64, "images_png": images_b64}
+
+    @app.get("/v1/models", tags=["info"], dependencies=protected, summary="the served models")
+    async def list_models() -> dict:
+        return {"models": [m.info() for m in served.values()]}
+
+    @app.get("/healthz", tags=["info"], summary="liveness (never needs the API key)")
+    async def healthz() -> dict:
+        return {"status": "ok", "models": len(served)}
+
+    @app.get("/metrics", tags=["info"], dependencies=protected, summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        body, ctype = metrics.exposition()
+        return Response(body, media_type=ctype)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(PAGE_DIR / "index.html", media_type="text/html")
+
+    # The page's own files hold no model data: they load without the key (the page then asks for it).
+    app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
+    return app
+
+
+def _hwc(t):
+    """uint8 (C, H, W) tensor -> numpy (H, W) or (H, W, 3) for PIL."""
+    a = t.permute(1, 2, 0).numpy()
+    return a[..., 0] if a.shape[2] == 1 else a

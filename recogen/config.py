@@ -54,6 +54,7 @@ class ClassifyConfig(TrainConfig):
 
     skip_bad_images: bool = False
     label_smoothing: float = 0.1
+    synthetic: str | None = None
 
 
 @dataclass
@@ -87,6 +88,7 @@ class GenerateConfig(TrainConfig):
     ema: float | None = None
     conditional: bool = False
     steps: int | None = None
+    sampler: str | None = None
     guidance: float | None = None
 
 

@@ -136,6 +136,11 @@ def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: I
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     splits = create_dataset(cfg.data, common.data_options(cfg))
+    if cfg.synthetic:
+        from ..data.synthetic import add_synthetic
+
+        splits, note = add_synthetic(splits, cfg.synthetic, seed=cfg.seed)
+        splits.notes.append(note)
     cfg, why = resolve_defaults(cfg, splits)
     cfg.out = str(run)
     print(f"data {cfg.data}: {len(splits.train)} train / {len(splits.val)} val / "

@@ -35,17 +35,19 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
                 schedule="onecycle"),
     "gan": dict(width=32, latent_dim=64, loss="nonsaturating", ema=0.999, lr=2e-4, batch_size=64, train_steps=2500,
                 optimizer="adam", schedule="none"),
-    "diffusion": dict(width=16, ema=0.999, steps=25, guidance=2.0, lr=2e-3, batch_size=64, train_steps=2000,
-                      optimizer="adamw", schedule="onecycle"),
+    "diffusion": dict(width=16, ema=0.999, steps=15, sampler="ddim", guidance=2.0, lr=2e-3, batch_size=64,
+                      train_steps=1400, optimizer="adamw", schedule="onecycle"),
 }
 # The config fields each family's constructor takes (anything else set for it is a mistake).
 FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
     "vae": ("width", "latent_dim", "beta", "conditional"),
     "gan": ("width", "latent_dim", "loss", "spectral_norm", "ema", "conditional"),
-    "diffusion": ("width", "ema", "steps", "guidance", "conditional"),
+    "diffusion": ("width", "ema", "steps", "sampler", "guidance", "conditional"),
 }
+MAX_PREVIEWS = 100  # TensorBoard sample grids per run
+
 _UNSET = {"latent_dim": None, "beta": None, "loss": "auto", "spectral_norm": False, "ema": None, "steps": None,
-          "guidance": None, "width": None, "conditional": False}
+          "sampler": None, "guidance": None, "width": None, "conditional": False}
 
 
 # --------------------------------------------------------------------------------------- defaults
@@ -196,7 +198,11 @@ def make_module(model: nn.Module, cfg: GenerateConfig, hflip_ok: bool, total_ste
         def on_train_epoch_end(self):
             # The image grid of this epoch in TensorBoard; a private generator keeps the global RNG
             # (and so a resumed run) untouched.
-            if self.logger is not None and hasattr(self.logger, "experiment"):
+            # At most MAX_PREVIEWS grids per run (every k-th epoch and the last): a small data set has
+            # epochs of one or two steps, where a grid per epoch would cost more than the training.
+            every = max(1, math.ceil(cfg.epochs / MAX_PREVIEWS))
+            last = self.current_epoch + 1 == cfg.epochs
+            if self.logger is not None and hasattr(self.logger, "experiment") and (self.current_epoch % every == 0 or last):
                 imgs = _sample_uint8(self.model, self.model.preview_n, 0, _default_labels(self.model, self.model.preview_n),
                                      **self.model.preview_opts)
                 self.logger.experiment.add_image("samples", make_grid(imgs, _nrow(self.model, len(imgs))), self.current_epoch)
@@ -396,10 +402,11 @@ def load(path: str | Path, device: str = "cpu", backend: str = "torch") -> Gener
 
 # ---------------------------------------------------------------------------------------- evaluate
 def evaluate(run: str | Path, features: str, features_weights: str | Path | None = None, n: int = 1000, seed: int = 0,
-             split: str | None = None, write: bool = True, device: str = "cpu") -> dict[str, Any]:
+             split: str | None = None, write: bool = True, device: str = "cpu", **sample_opts: Any) -> dict[str, Any]:
     """FID/KID/precision/recall of ``n`` samples against the run's held-out real images (test split,
     else val) in the feature space ``features`` (``classifier:RUN`` or ``inception``), with the
     real-vs-real floor (``recogen.metrics.generation``). Writes ``metrics.json`` when ``write``.
+    ``sample_opts`` go to the sampler (``steps``, ``sampler`` for ddpm) and are saved with the metrics.
     """
     from ..metrics.generation import evaluate_generator
     from ..utils import write_json
@@ -412,9 +419,10 @@ def evaluate(run: str | Path, features: str, features_weights: str | Path | None
     splits = _load_data(cfg)
     split = split or ("test" if splits.test is not None else "val")
     real = splits.split(split).images
-    m = evaluate_generator(lambda k, s: gen.sample(k, seed=s), real, features, n=n, seed=seed,
+    m = evaluate_generator(lambda k, s: gen.sample(k, seed=s, **sample_opts), real, features, n=n, seed=seed,
                            weights_path=features_weights, device=device)
-    metrics = {"task": TASK, "model": gen.card["model"], "data": cfg.data, "split": split, **m}
+    metrics = {"task": TASK, "model": gen.card["model"], "data": cfg.data, "split": split, **m,
+               "sample_options": sample_opts}
     if write:
         write_json(run / "metrics.json", metrics)
     return metrics

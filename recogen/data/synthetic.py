@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from .base import ImageSet, ImageSplits
+from .base import ImageSet, ImageSplits, convert_channels, resize_images
 
 MAX_PER_CLASS = 100_000
 
@@ -30,17 +30,6 @@ def parse_spec(spec: str) -> tuple[Path, int]:
     if not 1 <= k <= MAX_PER_CLASS:
         raise ConfigError(f"--synthetic {spec!r}: N must be 1..{MAX_PER_CLASS} images per class")
     return Path(run), k
-
-
-def _to_size(images: torch.Tensor, size: tuple[int, int], channels: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) at ``size`` and ``channels``, converted as the data loaders convert real images."""
-    from torchvision.transforms.v2 import functional as F
-
-    if images.shape[1] != channels:
-        images = F.rgb_to_grayscale(images) if channels == 1 else images.expand(-1, 3, -1, -1).contiguous()
-    if tuple(images.shape[2:]) != tuple(size):
-        images = F.resize(images, list(size), antialias=True)
-    return images
 
 
 def add_synthetic(splits: ImageSplits, spec: str, seed: int = 0, batch: int = 500) -> tuple[ImageSplits, str]:
@@ -69,7 +58,8 @@ def add_synthetic(splits: ImageSplits, spec: str, seed: int = 0, batch: int = 50
             k = min(batch, per_class - i)
             images.append(gen.sample(k, seed=seed * 1_000_003 + label * 10_007 + i, class_=name))
             labels.append(torch.full((k,), label, dtype=torch.long))
-    fake = _to_size(torch.cat(images), splits.image_size, splits.channels)
+    # Converted exactly as the data loaders convert real images.
+    fake = resize_images(convert_channels(torch.cat(images), splits.channels), splits.image_size)
     train = splits.train
     paths = None if train.paths is None else [*train.paths, *(["<synthetic>"] * len(fake))]
     grown = ImageSet(torch.cat([train.images, fake]), torch.cat([train.labels, torch.cat(labels)]), paths)

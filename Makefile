@@ -23,9 +23,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Issue 10's benchmarks (3 seeds each; hours in all on 2 cores: run on an idle machine). The Keras
+# reference needs its own venv: python3.11 -m venv /tmp/kerasvenv && /tmp/kerasvenv/bin/pip install tensorflow-cpu numpy
+KERAS_PYTHON ?= /tmp/kerasvenv/bin/python
 bench: $(STAMP)
 	$(BIN)/python benchmarks/classify_throughput.py
-	$(BIN)/python benchmarks/classify_defaults.py
+	$(BIN)/python benchmarks/classify_defaults.py --data mnist-5k --seeds 0 1 2 $(if $(wildcard $(KERAS_PYTHON)),--keras-python $(KERAS_PYTHON)) --json runs/bench/classify_defaults.json
+	$(BIN)/python benchmarks/dense_defaults.py --task segment --data digit-scenes --seeds 0 1 2 --json runs/bench/segment_defaults.json
+	$(BIN)/python benchmarks/dense_defaults.py --task detect --data digit-scenes --seeds 0 1 2 --json runs/bench/detect_defaults.json
+	$(BIN)/python benchmarks/generate_judge.py --seeds 0 1 2 --json runs/bench/generate_judge.json
 
 clean:
 	rm -rf $(VENV) runs

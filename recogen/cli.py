@@ -38,7 +38,9 @@ TRAIN_HELP = {
     "weight_decay": "weight decay",
     "label_smoothing": "label smoothing of the cross-entropy loss",
     "schedule": "learning-rate schedule: onecycle, cosine or none",
-    "patience": "stop early after this many epochs without a better val accuracy",
+    "patience": "stop early after this many epochs without a better validation score (default: on with a budget)",
+    "budget": "wall-clock budget of the run, e.g. 90s, 5m, 1h30m, or none; the epochs and LR schedule are planned "
+              "to end in it (default: the task's budget unless --epochs is given)",
     "seed": "random seed (data split, initialisation, augmentation)",
     "precision": "Lightning precision: 32-true, bf16-mixed, 16-mixed or auto",
     "accelerator": "cpu, gpu, mps or auto",
@@ -235,9 +237,11 @@ def _add_generate_actions(actions) -> None:
     ev.add_argument("--features", required=True, metavar="NAME[:ARG]",
                     help="feature extractor: classifier:RUN (a recogen classifier run) or inception")
     ev.add_argument("--features-weights", metavar="PATH", help="local weights file of the extractor (inception)")
-    ev.add_argument("--n", type=int, default=1000, help="generated and real images compared (default 1000)")
+    ev.add_argument("--n", type=int, default=1000,
+                    help="generated images, and at most this many real ones (default 1000; fewer than 1000 real is warned about)")
     ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ev.add_argument("--split", choices=["train", "val", "test"], help="real images to compare with (default test)")
+    ev.add_argument("--split", choices=["train", "val", "test"],
+                    help="real images to compare with (default: test, joined by val when test has fewer than --n; never train)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--no-write", action="store_true", help="do not write metrics.json")
     _add_sampler_flags(ev)

@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     patience: int | None = None
+    budget: str = "auto"  # wall-clock budget ("8m", "90s", "none"); "auto": the task's default
     # execution
     seed: int = 0
     precision: str = "auto"

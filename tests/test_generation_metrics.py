@@ -246,3 +246,24 @@ def test_inception_from_weights_path_and_cache(tmp_path, monkeypatch, digits28):
     cache.mkdir(parents=True)
     (cache / G.INCEPTION_FILE).write_bytes(path.read_bytes())
     assert G.inception_weights() == cache / G.INCEPTION_FILE
+
+
+def test_precision_recall_use_equal_set_sizes(feats):
+    """FID/KID use every sample; precision/recall a seeded subset of the larger set, as large as the smaller."""
+    m = G.feature_metrics(feats["A"], feats["B"][:300], kid_subsets=SUBSETS)
+    assert (m["n_real"], m["n_fake"], m["n_pr"]) == (len(feats["A"]), 300, 300)
+    sub = feats["A"][torch.randperm(len(feats["A"]), generator=torch.Generator().manual_seed(0))[:300]]
+    assert (m["precision"], m["recall"]) == G.precision_recall(sub, feats["B"][:300])
+    assert m["fid"] == pytest.approx(G.fid_from_features(feats["A"], feats["B"][:300]))
+
+
+def test_evaluate_generator_with_fewer_real_images_than_samples(digits28, extractor):
+    a, b = G.split_halves(len(digits28), seed=0)
+    pool = digits28[b]
+
+    def real_sampler(n, seed):
+        return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]]
+
+    m = G.evaluate_generator(real_sampler, digits28[a][:150], extractor, n=400, seed=0, kid_subsets=SUBSETS)
+    assert (m["n_fake"], m["n_real"], m["n_pr"]) == (400, 150, 150)
+    assert m["precision"] > 0.6 and m["recall"] > 0.6

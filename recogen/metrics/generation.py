@@ -271,15 +271,28 @@ def _need(real: torch.Tensor, fake: torch.Tensor, n: int, what: str) -> None:
         raise DataError(f"{what} needs at least {n} real and {n} generated samples, got {len(real)} and {len(fake)}")
 
 
+def _first_of_seeded(x: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+    # A seeded random subset of m rows (all of x, in order, when it has no more than m).
+    if len(x) <= m:
+        return x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:m]]
+
+
 def feature_metrics(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int | None = None,
                     kid_subsets: int = 100, k: int = PR_K, seed: int = 0) -> dict[str, Any]:
-    """FID, KID, precision and recall of two feature sets (N, D) and (M, D), with the counts."""
+    """FID, KID, precision and recall of two feature sets (N, D) and (M, D), with the counts.
+
+    FID and KID use every sample. Precision and recall use ``n_pr`` = min(N, M) of each (a seeded
+    subset of the larger set): their k-NN radii shrink as a set grows, so sets of unequal size would
+    tilt precision against recall.
+    """
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
         raise DataError(f"feature sets must be (N, D) with the same D, got {tuple(real.shape)} and {tuple(fake.shape)}")
     kid = kid_from_features(real, fake, subset_size=kid_subset_size, subsets=kid_subsets, seed=seed)
-    precision, recall = precision_recall(real, fake, k)
+    m = min(len(real), len(fake))
+    precision, recall = precision_recall(_first_of_seeded(real, m, seed), _first_of_seeded(fake, m, seed + 1), k)
     return {"fid": fid_from_features(real, fake), "kid_mean": kid["kid_mean"], "kid_std": kid["kid_std"],
-            "precision": precision, "recall": recall, "n_real": len(real), "n_fake": len(fake),
+            "precision": precision, "recall": recall, "n_real": len(real), "n_fake": len(fake), "n_pr": m,
             "kid_subset_size": kid["kid_subset_size"], "kid_subsets": kid["kid_subsets"], "pr_k": k}
 
 
@@ -297,7 +310,7 @@ def generation_metrics(real: torch.Tensor, fake: torch.Tensor, extractor: str | 
                        device: str = "cpu") -> dict[str, Any]:
     """FID, KID, precision/recall of uint8 images ``fake`` (M,C,H,W) against ``real`` (N,C,H,W).
 
-    Returns ``{fid, kid_mean, kid_std, precision, recall, n_real, n_fake, kid_subset_size, kid_subsets,
+    Returns ``{fid, kid_mean, kid_std, precision, recall, n_real, n_fake, n_pr, kid_subset_size, kid_subsets,
     pr_k, features}`` where ``features`` names the extractor.
 
     >>> generation_metrics(real, fake, "classifier:runs/classify/digits")["fid"]
@@ -329,11 +342,12 @@ def evaluate_generator(sample_fn: Callable[[int, int], torch.Tensor], real_image
     """Measure a generator: ``sample_fn(n, seed)`` -> uint8 (n,C,H,W) against ``real_images`` (held out).
 
     Uses a seeded subset of at most ``n`` real images. Returns a dict for metrics.json:
-    ``fid, kid_mean, kid_std, precision, recall`` (n fakes vs the real images), ``fid_floor,
+    ``fid, kid_mean, kid_std`` (n fakes vs the real images), ``precision, recall`` (on ``n_pr`` =
+    min(n, real) images of each: equal set sizes), ``fid_floor,
     kid_floor, kid_floor_std, precision_floor, recall_floor`` (real half vs real half),
     ``fid_matched`` (FID at the floor's sample counts: the two fake halves against the two real
     halves, averaged), ``fid_ratio`` (fid_matched / fid_floor: ~1 for a perfect generator, free of
-    FID's sample-size bias), ``n_fake, n_real, n_floor, features, kid_subset_size, kid_subsets, pr_k,
+    FID's sample-size bias), ``n_fake, n_real, n_pr, n_floor, features, kid_subset_size, kid_subsets, pr_k,
     seed, sample_seconds``.
 
     >>> m = evaluate_generator(lambda n, s: gen.sample(n, seed=s), test_images, "classifier:runs/classify/digits")
@@ -368,7 +382,7 @@ def evaluate_generator(sample_fn: Callable[[int, int], torch.Tensor], real_image
         # None rather than inf: a zero floor means duplicated real images, and JSON has no inf.
         "fid_ratio": fid_matched / floor["fid"] if floor["fid"] > 0 else None,
         "fid_matched": fid_matched,
-        "n_fake": len(fake_f), "n_real": len(real_f), "n_floor": len(b),
+        "n_fake": len(fake_f), "n_real": len(real_f), "n_pr": m["n_pr"], "n_floor": len(b),
         "features": ex.name, "kid_subset_size": m["kid_subset_size"], "kid_subsets": m["kid_subsets"], "pr_k": k, "seed": seed,
         "sample_seconds": round(sample_s, 3),
     }

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -103,6 +104,10 @@ def save_config(cfg: TrainConfig, run: Path) -> None:
     save_yaml(cfg, run / "config.yaml")
 
 
+# scheduler -> function(total_steps) building the same schedule for another length (see make_scheduler).
+SCHEDULE_REBUILDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def make_scheduler(opt, schedule: str, lr: float, total_steps: int, warmup: float = 0.25):
     """The per-step LR schedule ``schedule`` (onecycle, cosine or none) for ``opt``; None for a constant rate.
 
@@ -114,9 +119,14 @@ def make_scheduler(opt, schedule: str, lr: float, total_steps: int, warmup: floa
     if schedule == "none" or total_steps < 3:
         return None
     if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
-                                                   pct_start=max(warmup, 2 / total_steps))
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
+                                                    pct_start=max(warmup, 2 / total_steps))
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    # A time budget re-plans the run's length after its first epochs (tasks/budget.py): it needs the
+    # same schedule for another total. Kept outside the scheduler: its __dict__ is its checkpoint state.
+    SCHEDULE_REBUILDERS[sched] = lambda total: make_scheduler(opt, schedule, lr, total, warmup)
+    return sched
 
 
 def configure_optimizers(cfg: TrainConfig, params, total_steps: int):
@@ -166,8 +176,11 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
                         save_last=True, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
         History(),
     ]
-    if cfg.patience:
-        cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience))
+    patience = cfg.patience
+    if patience is None and monitor and cfg.budget not in (None, "none") and not cfg.resume:
+        patience = plateau_patience(int(cfg.epochs))  # re-set when the budget re-plans the epochs
+    if patience and monitor:
+        cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     return cbs
 
 
@@ -183,9 +196,67 @@ def _atomic_checkpoint_io():
     return AtomicCheckpointIO()
 
 
-def make_trainer(cfg: TrainConfig, run: Path, *, monitor: str, mode: str = "max", steps_per_epoch: int,
-                 extra_callbacks: Iterable = ()):
-    """The Lightning Trainer of a run: TensorBoard under ``run/tensorboard``, history, checkpoints, early stop."""
+def resolve_budget(cfg: TrainConfig, default: str, why: list[str]) -> float | None:
+    """Resolve ``cfg.budget`` in place (call before the epochs are filled in) and return its seconds.
+
+    "auto" is the task's ``default`` unless ``--epochs`` was given (then exact epochs, no clock).
+    With a budget and no ``--patience``, early stopping watches for a validation plateau.
+    """
+    from .budget import format_budget, parse_budget
+
+    text = (None if cfg.epochs is not None else default) if cfg.budget == "auto" else cfg.budget
+    seconds = parse_budget(text)
+    cfg.budget = format_budget(seconds)
+    if seconds is not None:
+        why.append(f"budget {cfg.budget} (epochs planned from the measured speed to end in it; --budget to change)")
+    return seconds
+
+
+def plan_text(cfg: TrainConfig) -> str:
+    """"12 epochs", or "at most 80 epochs in 8m" for a budgeted fresh run (the clock re-plans it)."""
+    if cfg.budget not in (None, "none") and not cfg.resume:
+        return f"at most {cfg.epochs} epochs in {cfg.budget}"
+    return f"{cfg.epochs} epochs"
+
+
+def plateau_patience(epochs: int) -> int:
+    """Early-stopping patience of a budgeted run: a third of its epochs, at least 10 (one-cycle runs
+    often stall at their peak learning rate and improve again as it falls)."""
+    return max(10, epochs // 3)
+
+
+def _budget_callbacks(cfg: TrainConfig, run: Path, t_start: float | None, reserve: tuple[float, float]):
+    """The time-budget callback of a fresh budgeted run (none for --resume: its plan is in config.yaml)."""
+    from .budget import budget_callback, parse_budget
+
+    seconds = parse_budget(cfg.budget)
+    if seconds is None or t_start is None or cfg.resume:
+        return []
+    auto_patience = cfg.patience is None
+
+    def on_replan(trainer, epochs: int) -> None:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        cfg.epochs = epochs
+        if auto_patience:
+            cfg.patience = plateau_patience(epochs)
+            for cb in trainer.callbacks:
+                if isinstance(cb, EarlyStopping):
+                    cb.patience = cfg.patience
+        save_config(cfg, run)  # --resume continues the plan actually made
+
+    fixed, per_val = reserve
+    return [budget_callback(seconds, t_start, int(cfg.epochs), lambda val_s: fixed + per_val * val_s, on_replan)]
+
+
+def make_trainer(cfg: TrainConfig, run: Path, *, monitor: str | None, mode: str = "max", steps_per_epoch: int,
+                 extra_callbacks: Iterable = (), t_start: float | None = None, reserve: tuple[float, float] = (3.0, 1.5)):
+    """The Lightning Trainer of a run: TensorBoard under ``run/tensorboard``, history, checkpoints, early
+    stop, and the time budget.
+
+    ``t_start`` (``time.perf_counter()`` when the run began) turns on ``cfg.budget``; ``reserve`` =
+    (seconds, multiple of one validation pass) kept for the final evaluation and writing after training.
+    """
     pl = lightning()
     import warnings
 
@@ -204,7 +275,8 @@ def make_trainer(cfg: TrainConfig, run: Path, *, monitor: str, mode: str = "max"
     return pl.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices, precision=cfg.precision,
         logger=TensorBoardLogger(save_dir=str(run), name="tensorboard", version="", default_hp_metric=False),
-        callbacks=_callbacks(run, cfg, monitor, mode) + list(extra_callbacks), plugins=[_atomic_checkpoint_io()],
+        callbacks=_callbacks(run, cfg, monitor, mode) + _budget_callbacks(cfg, run, t_start, reserve) + list(extra_callbacks),
+        plugins=[_atomic_checkpoint_io()],
         enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, steps_per_epoch)), default_root_dir=str(run),
     )

@@ -19,6 +19,7 @@ from torch import nn
 from ..config import GenerateConfig
 from ..data import ImageSplits, create_dataset
 from ..data.loaders import TensorBatches
+from ..data.manifest import write_manifest
 from ..data.transforms import BatchAugment, get_preset
 from ..errors import ConfigError, ModelError, RunError
 from ..export.portable import load_portable, save_portable
@@ -30,13 +31,16 @@ TASK = "generate"
 # Per family: the recipe `recogen generate train --model M` uses when nothing else is given.
 # ``train_steps`` sets the epochs (optimiser steps / steps per epoch), so small and large data sets
 # get about the same CPU time. Tuned on digits 28 px; see the README's generation section.
+# Per family: the recipe, the default wall-clock budget (the epochs are planned from measured epoch
+# times to end in it: tasks/budget.py) and ``max_steps``, an upper bound on optimiser steps for when
+# the hardware is fast enough that the clock never decides.
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "vae": dict(width=32, latent_dim=16, beta=1.0, lr=2e-3, batch_size=64, train_steps=1500, optimizer="adam",
-                schedule="onecycle"),
-    "gan": dict(width=32, latent_dim=64, loss="nonsaturating", ema=0.999, lr=2e-4, batch_size=64, train_steps=2500,
-                optimizer="adam", schedule="none"),
+    "vae": dict(width=32, latent_dim=16, beta=1.0, lr=2e-3, batch_size=64, budget="3m", max_steps=20_000,
+                optimizer="adam", schedule="onecycle"),
+    "gan": dict(width=32, latent_dim=64, loss="nonsaturating", ema=0.999, lr=2e-4, batch_size=64, budget="7m",
+                max_steps=40_000, optimizer="adam", schedule="none"),
     "diffusion": dict(width=16, ema=0.999, steps=15, sampler="ddim", guidance=2.0, lr=2e-3, batch_size=64,
-                      train_steps=1400, optimizer="adamw", schedule="onecycle"),
+                      budget="9m", max_steps=40_000, optimizer="adamw", schedule="onecycle"),
 }
 # The config fields each family's constructor takes (anything else set for it is a mistake).
 FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -86,10 +90,11 @@ def resolve_defaults(cfg: GenerateConfig, splits: ImageSplits) -> tuple[Generate
     if c.batch_size is None:
         c.batch_size = min(d["batch_size"], max(8, n))
         why.append(f"batch size {c.batch_size}")
+    budget = common.resolve_budget(c, d["budget"], why)
     if c.epochs is None:
         steps = max(1, n // c.batch_size)
-        c.epochs = int(min(500, max(1, math.ceil(d["train_steps"] / steps))))
-        why.append(f"{c.epochs} epochs (~{c.epochs * steps} steps of {n} images)")
+        c.epochs = int(min(1000, max(1, math.ceil(d["max_steps"] / steps))))
+        why.append(f"{'at most ' if budget else ''}{c.epochs} epochs (~{c.epochs * steps} steps of {n} images)")
     if c.lr is None:
         c.lr = d["lr"]
         why.append(f"lr {c.lr:g}")
@@ -249,10 +254,12 @@ def train(config: GenerateConfig | dict | str | Path | None = None, callbacks: I
     train_dl = common.EpochBatches(splits.train, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
     module = make_module(model, cfg, splits.hflip_ok, cfg.epochs * len(train_dl))
     common.save_config(cfg, run)
+    write_manifest(run, splits, cfg)  # which images each split holds (splits.json)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"model {cfg.model}: {n_params / 1e6:.2f}M trainable parameters; {cfg.epochs} epochs, batch {cfg.batch_size}, "
+    print(f"model {cfg.model}: {n_params / 1e6:.2f}M trainable parameters; {common.plan_text(cfg)}, batch {cfg.batch_size}, "
           f"{cfg.precision}; run folder {run}")
-    trainer = common.make_trainer(cfg, run, monitor=None, steps_per_epoch=len(train_dl), extra_callbacks=callbacks or ())
+    trainer = common.make_trainer(cfg, run, monitor=None, steps_per_epoch=len(train_dl), extra_callbacks=callbacks or (),
+                                  t_start=t0, reserve=(5.0, 1.0))
     common.fit(trainer, module, train_dl, TensorBatches(splits.val, 256), ckpt)
     common.load_best(module, run)
     model = module.model.cpu().eval()
@@ -263,7 +270,7 @@ def train(config: GenerateConfig | dict | str | Path | None = None, callbacks: I
     train_s = time.perf_counter() - t0
     gen = Generator(model, card, run)
     write_grid(gen.sample(64, seed=0), run / "samples.png", _nrow(model, 64))
-    print(f"trained in {train_s:.1f} s; wrote {run} (samples: {run / 'samples.png'})")
+    print(f"trained {trainer.current_epoch} epochs in {train_s:.1f} s; wrote {run} (samples: {run / 'samples.png'})")
     return run
 
 
@@ -401,14 +408,48 @@ def load(path: str | Path, device: str = "cpu", backend: str = "torch") -> Gener
 
 
 # ---------------------------------------------------------------------------------------- evaluate
+# Below this many real images FID, KID and precision/recall are noisy and biased (FID by ~1/N), so
+# `generate eval` says so in its output and metrics.json.
+MIN_REAL = 1000
+
+
+def reference_images(splits: ImageSplits, split: str | None, n: int) -> tuple[torch.Tensor, str, list[str]]:
+    """The real images ``generate eval`` compares with: ``(images, split name, notes)``.
+
+    ``split`` given: that split. Otherwise only images the generator never trained on, as many as
+    ``n`` asks for where the data has them: the test split, joined by the val split when the test
+    split has fewer than ``n`` images (``"test+val"``), or the val split alone when there is no test
+    split. A generator's val split is held out too: it is neither trained on nor used to pick a
+    checkpoint (the last epoch is kept). The training split is never chosen by default: FID against a
+    generator's own training images rewards memorising them.
+    """
+    notes: list[str] = []
+    if split is not None:
+        if split == "train":
+            notes.append(f"{splits.name} train: the generator trained on these images, so these figures reward "
+                         "memorising them; leave out --split to compare with held-out images")
+        return splits.split(split).images, split, notes
+    if splits.test is None:
+        names = ["val"]
+        notes.append(f"{splits.name} has no test split; the real images are its VALIDATION split (held out: not "
+                     "trained on, no checkpoint chosen by it)")
+    else:
+        names = ["test"] if len(splits.test) >= n else ["test", "val"]
+    return torch.cat([splits.split(s).images for s in names]), "+".join(names), notes
+
+
 def evaluate(run: str | Path, features: str, features_weights: str | Path | None = None, n: int = 1000, seed: int = 0,
              split: str | None = None, write: bool = True, device: str = "cpu", **sample_opts: Any) -> dict[str, Any]:
-    """FID/KID/precision/recall of ``n`` samples against the run's held-out real images (test split,
-    else val) in the feature space ``features`` (``classifier:RUN`` or ``inception``), with the
-    real-vs-real floor (``recogen.metrics.generation``). Writes ``metrics.json`` when ``write``.
+    """FID/KID/precision/recall of ``n`` samples against real images the generator never trained on
+    (:func:`reference_images`: test, then test+val, up to ``n`` of them) in the feature space
+    ``features`` (``classifier:RUN`` or ``inception``), with the real-vs-real floor
+    (``recogen.metrics.generation``). Precision/recall compare equal numbers of generated and real
+    images. The metrics name the split(s) (``split``, ``held_out``) and the counts; fewer than
+    :data:`MIN_REAL` real images add a ``warning`` (also logged). Writes ``metrics.json`` when ``write``.
     ``sample_opts`` go to the sampler (``steps``, ``sampler`` for ddpm) and are saved with the metrics.
     """
     from ..metrics.generation import evaluate_generator
+    from ..metrics.heldout import log
     from ..utils import write_json
 
     run = Path(run)
@@ -417,12 +458,21 @@ def evaluate(run: str | Path, features: str, features_weights: str | Path | None
         raise RunError(f"{run} has no config.yaml; evaluate a run folder made by `recogen generate train`")
     cfg = common.load_run_config(GenerateConfig, run)
     splits = _load_data(cfg)
-    split = split or ("test" if splits.test is not None else "val")
-    real = splits.split(split).images
+    asked = split
+    real, split, notes = reference_images(splits, asked, n)
     m = evaluate_generator(lambda k, s: gen.sample(k, seed=s, **sample_opts), real, features, n=n, seed=seed,
                            weights_path=features_weights, device=device)
-    metrics = {"task": TASK, "model": gen.card["model"], "data": cfg.data, "split": split, **m,
-               "sample_options": sample_opts}
+    if m["n_real"] < MIN_REAL:
+        why = f"--n {n}" if len(real) >= n else f"{cfg.data} {split} holds {len(real)}" + (
+            "; its training images are left out, the generator saw them" if asked is None else "")
+        notes.append(f"only {m['n_real']} real images ({why}); FID, KID and precision/recall from fewer than "
+                     f"{MIN_REAL:,} are noisy and biased: compare runs only at the same n, and against the floor")
+    metrics = {"task": TASK, "model": gen.card["model"], "data": cfg.data, "split": split,
+               "held_out": split != "train", **m, "sample_options": sample_opts}
+    if notes:
+        metrics["warning"] = "; ".join(notes)
+        for note in notes:
+            log.warning("warning: %s", note)
     if write:
         write_json(run / "metrics.json", metrics)
     return metrics
@@ -431,9 +481,11 @@ def evaluate(run: str | Path, features: str, features_weights: str | Path | None
 def print_metrics(m: dict[str, Any]) -> None:
     """The human summary of :func:`evaluate`."""
     ratio = f"{m['fid_ratio']:.2f}x the floor" if m.get("fid_ratio") is not None else "floor is 0"
-    print(f"{m['model']} on {m['data']} {m['split']}: {m['n_fake']} samples vs {m['n_real']} real images, "
-          f"features {m['features']}")
+    print(f"{m['model']} on {m['data']} {m['split']}: {m['n_fake']} samples vs {m['n_real']} real images "
+          f"({'held out' if m.get('held_out', True) else 'NOT held out'}), features {m['features']}")
     print(f"FID {m['fid']:.3f} (real-vs-real floor {m['fid_floor']:.3f}; {ratio})")
     print(f"KID {m['kid_mean']:.5f} +- {m['kid_std']:.5f} (floor {m['kid_floor']:.5f})")
-    print(f"precision {m['precision']:.3f} recall {m['recall']:.3f} (floor {m['precision_floor']:.3f} / {m['recall_floor']:.3f})")
+    n_pr = f"; {m['n_pr']} samples vs {m['n_pr']} real" if "n_pr" in m else ""
+    print(f"precision {m['precision']:.3f} recall {m['recall']:.3f} (floor {m['precision_floor']:.3f} / "
+          f"{m['recall_floor']:.3f}{n_pr})")
     print(f"sampling took {m['sample_seconds']:.1f} s")

@@ -29,14 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import bench_common
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -63,12 +63,8 @@ def export_split(data: str, seed: int, image_size: int | None, path: Path) -> di
 
 
 def run_timed(cmd: list[str], what: str) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        sys.exit(f"{what} failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
-    return wall, r.stdout
+    p, wall, _ = bench_common.run_timed(cmd, ROOT, what)
+    return wall, p.stdout
 
 
 def time_recogen(data: str, seed: int, out: Path, image_size: int | None, extra: list[str]) -> dict:
@@ -87,13 +83,6 @@ def time_keras(python: str, npz: Path, seed: int) -> dict:
     wall, stdout = run_timed([python, str(HERE / "keras_reference.py"), "--npz", str(npz), "--seed", str(seed)], "keras")
     r = json.loads(stdout.strip().splitlines()[-1])
     return {"wall_s": round(wall, 2), "test_accuracy": r["test_accuracy"], "inner_wall_s": r["wall_s"], "tool": r["tool"]}
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -158,7 +147,7 @@ def main() -> None:
     if a.json:
         result = {"benchmark": "classify_defaults", "date": time.strftime("%Y-%m-%d %H:%M"), "data": a.data,
                   "seeds": a.seeds, "image_size": a.image_size, "recogen_options": opts,
-                  "machine": f"{cpu_name()}, {os.cpu_count()} cores", "python": sys.version.split()[0],
+                  "machine": f"{bench_common.cpu_name()}, {os.cpu_count()} cores", "python": sys.version.split()[0],
                   "split_sizes": {str(k): v for k, v in sizes.items()}, "runs": rows, "summary": summary}
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(result, indent=2))

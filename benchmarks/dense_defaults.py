@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import bench_common
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 8.5 * 60
@@ -41,18 +40,12 @@ TARGETS = {"segment": {"miou": 0.60, "class_iou": 0.3}, "detect": {"map": 0.55}}
 def run_seed(task: str, data: str, seed: int, out: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "recogen", task, "train", "--data", data, "--seed", str(seed), "--out", str(out),
            "--no-progress", *extra]
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    r, wall, cpu = bench_common.run_timed(cmd, ROOT)
     mfile = out / "metrics.json" if (out / "metrics.json").is_file() else out / "metrics_val.json"
     m = json.loads(mfile.read_text())
     hist = out / "history.json"
     epochs = len(json.loads(hist.read_text())) if hist.is_file() else None
-    row = {"seed": seed, "wall_s": round(wall, 1), "cpu_s": round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 1),
+    row = {"seed": seed, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
            "epochs_trained": epochs, "split": m.get("split"), "num_images": m.get("num_images"),
            "auto": next((ln for ln in r.stdout.splitlines() if ln.startswith("auto:")), "")}
     if task == "detect":
@@ -74,13 +67,6 @@ def describe(task: str, r: dict) -> str:
     worst = min(((c, v) for c, v in r["per_class"].items() if v is not None), key=lambda cv: cv[1], default=("-", float("nan")))
     return head + (f"mIoU {r['miou']:.4f} (all classes {r['miou_all_classes']:.4f}), pixel acc {r['pixel_accuracy']:.4f}, "
                    f"worst class {worst[0]} {worst[1]:.3f}" + (f"; no IoU: {r['classes_without_iou']}" if r["classes_without_iou"] else ""))
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -138,7 +124,7 @@ def main() -> None:
     summary["target_met"], summary["time_met"] = ok, in_time
     if a.json:
         result = {"benchmark": "dense_defaults", "task": a.task, "date": time.strftime("%Y-%m-%d %H:%M"), "data": a.data,
-                  "seeds": a.seeds, "recogen_options": opts, "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+                  "seeds": a.seeds, "recogen_options": opts, "machine": f"{bench_common.cpu_name()}, {os.cpu_count()} cores",
                   "python": sys.version.split()[0], "runs": rows, "summary": summary}
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(result, indent=2))

@@ -68,15 +68,14 @@ import io
 import json
 import math
 import os
-import platform
 import re
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import bench_common
 
 import torch
 from torch import nn
@@ -259,16 +258,10 @@ def train_generator(model: str, seed: int, out: Path, extra: list[str]) -> dict:
             return {**r, "reused": True}
     cmd = [sys.executable, "-m", "recogen", "generate", "train", "--model", model, "--data", DATA, "--seed", str(seed),
            "--out", str(out), "--no-progress", *extra]
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    p, wall, cpu = bench_common.run_timed(cmd, ROOT)
     hist = out / "history.json"
     r = {"model": model, "seed": seed, "extra_args": extra, "wall_s": round(wall, 1),
-         "cpu_s": round(ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime, 1),
+         "cpu_s": round(cpu, 1),
          "epochs_trained": len(json.loads(hist.read_text())) if hist.is_file() else None,
          "auto": next((ln for ln in p.stdout.splitlines() if ln.startswith("auto:")), "")}
     rec.write_text(json.dumps(r, indent=2))
@@ -301,13 +294,6 @@ def sample_generator(run: Path, n: int, seed: int) -> tuple[torch.Tensor, float,
 
 
 # --------------------------------------------------------------------------------------------- main
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def tag_of(extra: list[str]) -> str:
     if not extra:
         return "defaults"
@@ -397,7 +383,7 @@ def main() -> None:
     if a.json:
         result = {"benchmark": "generate_judge", "date": time.strftime("%Y-%m-%d %H:%M"), "data": DATA, "seeds": a.seeds,
                   "families": a.families, "generate_options": opts, "valid_protocol": valid,
-                  "machine": f"{cpu_name()}, {os.cpu_count()} cores", "torch": torch.__version__, "n": N,
+                  "machine": f"{bench_common.cpu_name()}, {os.cpu_count()} cores", "torch": torch.__version__, "n": N,
                   "judge_recipe": {**JUDGE_RECIPE, "epochs": a.judge_epochs}, "judges": judges,
                   "floors": {str(k): v for k, v in floors.items()}, "runs": rows, "summary": summary}
         a.json.parent.mkdir(parents=True, exist_ok=True)

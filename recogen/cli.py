@@ -53,7 +53,7 @@ TRAIN_HELP = {
     "width": "base channel width of the generative network (default: per model)",
     "latent_dim": "size of the latent vector z (vae, dcgan)",
     "beta": "weight of the KL term of the VAE (beta-VAE; default 1)",
-    "loss": "GAN loss: nonsaturating, hinge or wgan-gp",
+    "loss": "generate: GAN loss nonsaturating, hinge or wgan-gp; segment: ce or ce+dice (cross-entropy plus soft Dice)",
     "spectral_norm": "spectral normalisation in the GAN discriminator",
     "ema": "decay of the EMA of the generator/UNet weights used for sampling (0 turns it off)",
     "conditional": "class-conditional model (sample a class with `generate sample --class`)",

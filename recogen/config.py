@@ -70,6 +70,7 @@ class SegmentConfig(TrainConfig):
     """A semantic-segmentation training run."""
 
     data: str = "shapes"
+    loss: str = "auto"  # ce, or ce+dice (adds the soft Dice loss: thin and rare classes)
 
 
 @dataclass

@@ -35,11 +35,12 @@ def tiny_options(out: Path, **over) -> dict:
 TRAIN_EPOCHS = 40
 MIN_MIOU = 0.11
 MIN_SHAPE_IOU_SUM = 0.3
-# fp32 named explicitly: "auto" would pick bf16 on CPUs that have it, and the thresholds were measured
-# in fp32 (the precision rule itself is tested with the capability faked, below).
+# fp32 and cross-entropy named explicitly: "auto" would pick bf16 on CPUs that have it and the
+# ce+dice loss, and the thresholds were measured in fp32 with cross-entropy (the precision rule is
+# tested with the capability faked, below; the Dice loss by its own tests).
 TRAIN_OPTIONS = dict(data="shapes:300", image_size=48, model="unet", model_kwargs={"width": 8, "depth": 3},
                      epochs=TRAIN_EPOCHS, batch_size=16, lr=5e-3, augment="light", progress=False, seed=0,
-                     precision="32-true")
+                     precision="32-true", loss="ce")
 
 
 @pytest.fixture(scope="module")
@@ -347,3 +348,36 @@ def test_defaults_fit_the_data_and_the_cpu_budget(monkeypatch, bf16):
     assert s.epochs == min(300, round(320 * 420 * 64 * 64 / (len(small.train) * 48 * 48)))
     mine = segment.resolve_defaults(SegmentConfig(data="x", epochs=3, model_kwargs={"width": 4}), splits)[0]
     assert mine.epochs == 3 and mine.model_kwargs == {"width": 4} and mine.budget == "none"
+
+
+def test_soft_dice_loss_and_the_loss_registry():
+    from recogen.errors import ConfigError
+    from recogen.models.segmenters.losses import get_loss, soft_dice_loss
+
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, 0, :4] = 255  # ignored pixels count for nothing
+    perfect = torch.nn.functional.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, target) == pytest.approx(0.0, abs=1e-4)
+    wrong = perfect.roll(1, dims=1)  # every pixel predicts another class
+    assert soft_dice_loss(wrong, target) > 0.95
+    # A thin class of a few pixels weighs as much as the background in the Dice term, not in CE.
+    thin = torch.zeros(1, 64, 64, dtype=torch.long)
+    thin[0, :, 30] = 1
+    miss = torch.zeros(1, 2, 64, 64)
+    miss[:, 0] = 5.0  # predicts background everywhere
+    ce = get_loss("ce")(miss, thin)
+    assert soft_dice_loss(miss, thin) > 0.45 and ce < 0.2
+    assert get_loss("ce+dice")(miss, thin) == pytest.approx(float(ce + soft_dice_loss(miss, thin)))
+    assert soft_dice_loss(torch.zeros(1, 3, 4, 4), torch.full((1, 4, 4), 255)) == 0  # all ignored
+    with pytest.raises(ConfigError, match="ce or ce\\+dice"):
+        get_loss("focal")
+
+
+def test_default_loss_is_resolved_and_kept_when_given():
+    from recogen.config import SegmentConfig
+    from recogen.data import DataOptions
+    from recogen.data.dense import create_dense_dataset
+
+    splits = create_dense_dataset("shapes:40", DataOptions(image_size=32, channels=3))
+    assert segment.resolve_defaults(SegmentConfig(data="shapes:40"), splits)[0].loss == "ce+dice"
+    assert segment.resolve_defaults(SegmentConfig(data="shapes:40", loss="ce"), splits)[0].loss == "ce"

@@ -1,6 +1,8 @@
 """What the benchmark scripts share: the machine's name and a timed subprocess (wall and CPU seconds)."""
 from __future__ import annotations
 
+import json
+import os
 import platform
 import resource
 import subprocess
@@ -28,3 +30,12 @@ def run_timed(cmd: list[str], cwd: Path, what: str | None = None) -> tuple[subpr
     if p.returncode != 0:
         sys.exit(f"{what or 'command'} failed ({' '.join(map(str, cmd))}):\n{p.stderr[-3000:]}")
     return p, wall, (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+
+
+def write_result(path: Path, benchmark: str, **fields) -> None:
+    """Write a benchmark's numbers as JSON, with the date, the machine and the Python version."""
+    result = {"benchmark": benchmark, "date": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": f"{cpu_name()}, {os.cpu_count()} cores", "python": sys.version.split()[0], **fields}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")

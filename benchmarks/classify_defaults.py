@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import bench_common
@@ -145,13 +143,9 @@ def main() -> None:
         print(f"target (a): accuracy >= 0.990 {'met' if ok_acc else 'NOT met'}; time <= 1.0x keras "
               f"{'met' if ok_time else 'NOT met'}")
     if a.json:
-        result = {"benchmark": "classify_defaults", "date": time.strftime("%Y-%m-%d %H:%M"), "data": a.data,
-                  "seeds": a.seeds, "image_size": a.image_size, "recogen_options": opts,
-                  "machine": f"{bench_common.cpu_name()}, {os.cpu_count()} cores", "python": sys.version.split()[0],
-                  "split_sizes": {str(k): v for k, v in sizes.items()}, "runs": rows, "summary": summary}
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {a.json}")
+        bench_common.write_result(a.json, "classify_defaults", data=a.data, seeds=a.seeds, image_size=a.image_size,
+                                  recogen_options=opts, split_sizes={str(k): v for k, v in sizes.items()},
+                                  runs=rows, summary=summary)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import bench_common
@@ -123,12 +121,8 @@ def main() -> None:
               f"time <= {BUDGET_S:.0f} s: {'met' if in_time else 'NOT met'}")
     summary["target_met"], summary["time_met"] = ok, in_time
     if a.json:
-        result = {"benchmark": "dense_defaults", "task": a.task, "date": time.strftime("%Y-%m-%d %H:%M"), "data": a.data,
-                  "seeds": a.seeds, "recogen_options": opts, "machine": f"{bench_common.cpu_name()}, {os.cpu_count()} cores",
-                  "python": sys.version.split()[0], "runs": rows, "summary": summary}
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {a.json}")
+        bench_common.write_result(a.json, "dense_defaults", task=a.task, data=a.data, seeds=a.seeds,
+                                  recogen_options=opts, runs=rows, summary=summary)
 
 
 if __name__ == "__main__":

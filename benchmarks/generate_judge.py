@@ -67,7 +67,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import shlex
 import statistics
@@ -381,14 +380,10 @@ def main() -> None:
              f"<= {SAMPLE_BUDGET_S:.0f} s: {'met' if v['max_sample_s'] <= SAMPLE_BUDGET_S else 'NOT met'}" for m, v in summary.items()]
     print("target (d), FID ratios (median over seeds): " + "; ".join(checks) + "\n  " + "\n  ".join(times))
     if a.json:
-        result = {"benchmark": "generate_judge", "date": time.strftime("%Y-%m-%d %H:%M"), "data": DATA, "seeds": a.seeds,
-                  "families": a.families, "generate_options": opts, "valid_protocol": valid,
-                  "machine": f"{bench_common.cpu_name()}, {os.cpu_count()} cores", "torch": torch.__version__, "n": N,
-                  "judge_recipe": {**JUDGE_RECIPE, "epochs": a.judge_epochs}, "judges": judges,
-                  "floors": {str(k): v for k, v in floors.items()}, "runs": rows, "summary": summary}
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {a.json}")
+        bench_common.write_result(a.json, "generate_judge", data=DATA, seeds=a.seeds, families=a.families,
+                                  generate_options=opts, valid_protocol=valid, torch=torch.__version__, n=N,
+                                  judge_recipe={**JUDGE_RECIPE, "epochs": a.judge_epochs}, judges=judges,
+                                  floors={str(k): v for k, v in floors.items()}, runs=rows, summary=summary)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: I
 
     train_dl = common.EpochBatches(splits.train, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
     trainer = common.make_trainer(cfg, run, monitor="val_acc", steps_per_epoch=len(train_dl), extra_callbacks=callbacks or (),
-                                  t_start=t0, reserve=(2.0, 1.0 + len(splits.test or ()) / max(1, len(splits.val))))
+                                  t_start=t0, reserve=common.eval_reserve(splits, 2.0))
     common.fit(trainer, module, train_dl, TensorBatches(splits.val, max(256, cfg.batch_size)), ckpt)
     common.load_best(module, run)
     model = module.model.to(memory_format=torch.contiguous_format).cpu().eval()

@@ -212,6 +212,12 @@ def resolve_budget(cfg: TrainConfig, default: str, why: list[str]) -> float | No
     return seconds
 
 
+def eval_reserve(splits, fixed: float) -> tuple[float, float]:
+    """The time a budgeted run keeps for after training: ``fixed`` seconds (saving, plots) plus the final
+    evaluation, estimated in validation passes (one, plus the test split's size in val splits)."""
+    return fixed, 1.0 + len(splits.test or ()) / max(1, len(splits.val))
+
+
 def plan_text(cfg: TrainConfig) -> str:
     """"12 epochs", or "at most 80 epochs in 8m" for a budgeted fresh run (the clock re-plans it)."""
     if cfg.budget not in (None, "none") and not cfg.resume:

@@ -308,7 +308,7 @@ def train(config: DetectConfig | dict | str | Path | None = None, callbacks: Ite
     val_dl = DenseBatches(splits.val, 32)
     trainer = common.make_trainer(cfg, run, monitor="val_map", mode="max", steps_per_epoch=len(train_dl),
                                   extra_callbacks=callbacks or (), t_start=t0,
-                                  reserve=(5.0, 1.0 + len(splits.test or ()) / max(1, len(splits.val))))
+                                  reserve=common.eval_reserve(splits, 5.0))
     common.fit(trainer, module, train_dl, val_dl, ckpt)
     common.load_best(module, run)
     model = module.model.cpu().eval()

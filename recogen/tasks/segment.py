@@ -266,7 +266,7 @@ def train(config: SegmentConfig | dict | str | Path | None = None, callbacks: It
     val_dl = mask_batches(splits.val, max(32, cfg.batch_size))
     trainer = common.make_trainer(cfg, run, monitor="val_miou", mode="max", steps_per_epoch=len(train_dl),
                                   extra_callbacks=callbacks or (), t_start=t0,
-                                  reserve=(5.0, 1.0 + len(splits.test or ()) / max(1, len(splits.val))))
+                                  reserve=common.eval_reserve(splits, 5.0))
     common.fit(trainer, module, train_dl, val_dl, ckpt)
     common.load_best(module, run)
     model = module.model.to(memory_format=torch.contiguous_format).cpu().eval()

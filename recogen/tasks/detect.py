@@ -48,8 +48,8 @@ def resolve_defaults(cfg: DetectConfig, splits: DenseSplits) -> tuple[DetectConf
 
     From scratch the ResNet-50 and Faster R-CNN detectors are far too slow for a CPU (a step of 16
     images at 128 px takes 5-26 s on one core) and SSDlite learns slowly, so the default is ``fcos-s``,
-    a small FCOS, with a schedule of a fixed amount of compute (about 8.4 minutes on 2 cores for
-    shapes:600 at 128 px; see BENCHMARKS.md for the mAP it reaches); ``--pretrained`` picks
+    a small FCOS, trained for the time budget (8 minutes by default, re-planned from measured epoch
+    times; see BENCHMARKS.md for the mAP it reaches on digit-scenes); ``--pretrained`` picks
     ``fasterrcnn-mobilenet`` (COCO weights) instead. Larger images are trained at 320 px.
     """
     n = len(splits.train)

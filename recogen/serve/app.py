@@ -6,22 +6,26 @@
 - ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /`` (the web page), ``/docs``.
 
 Every client mistake is a 4xx ``{"error": message}``; a 500 means a bug (logged with its traceback).
-Inference runs in the thread pool under a per-model lock, so the event loop stays free.
+Inference runs in the thread pool, so the event loop stays free: decoding and resizing an upload run
+outside the model's lock, and only the forward pass under it.
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime, and
 # some of them are classes local to create_app.
+import asyncio
 import base64
 import binascii
 import hmac
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional, Sequence
 
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -29,10 +33,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
-from .errors import ApiError, user_error_status
-from .images import DEFAULT_MAX_PIXELS, decode_image, png_bytes
+from .errors import ApiError, check_api_key, user_error_status
+from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, decode_image, png_bytes
 from .metrics import Metrics, MetricsMiddleware, route_label
-from .models import HANDLERS, Served, load_models
+from .models import HANDLERS, PREPARE, Served, load_models
 from .params import PARAMS, GenerateParams, Params
 
 log = logging.getLogger("recogen.serve")
@@ -40,6 +44,9 @@ PAGE_DIR = Path(__file__).parent / "page"
 # Room for multipart headers / JSON keys around the image itself.
 BODY_SLACK = 64 * 1024
 GENERATE_BODY_LIMIT = 64 * 1024
+# Seconds a client may take to send a request body: a stalled upload is answered 408 and its
+# connection closed, instead of holding it (and its buffer) forever. uvicorn has no such timeout.
+DEFAULT_BODY_TIMEOUT = 60.0
 
 
 def _image_body_schema(params: type[Params]) -> dict[str, Any]:
@@ -58,12 +65,14 @@ def _image_body_schema(params: type[Params]) -> dict[str, Any]:
 
 ERROR_RESPONSES = {s: {"description": d, "content": {"application/json": {"example": {"error": "what went wrong and how to fix it"}}}}
                    for s, d in [(400, "not an image, truncated, empty, malformed body"), (401, "missing or wrong API key"),
-                                (404, "unknown model"), (413, "upload over --max-upload-mb or image over --max-pixels"),
+                                (404, "unknown model"), (408, "request body not received within --body-timeout"),
+                                (413, "upload over --max-upload-mb, image over --max-pixels or --max-side"),
                                 (415, "unsupported content type"), (422, "invalid parameters")]}
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes ``limit`` bytes: never reads unbounded data."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refusing (413) as soon as it passes ``limit`` bytes: never reads unbounded data;
+    and 408 when it has not all arrived within ``timeout`` seconds."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
@@ -72,12 +81,30 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes "
                                 "(start the server with a larger --max-upload-mb)", "too_large")
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise ApiError(413, f"request body over the limit of {limit} bytes (start the server with a larger "
-                                "--max-upload-mb)", "too_large")
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                buf += chunk
+                if len(buf) > limit:
+                    raise ApiError(413, f"request body over the limit of {limit} bytes (start the server with a "
+                                        "larger --max-upload-mb)", "too_large")
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s (the server's --body-timeout); "
+                            "send it again over a faster connection", "timeout") from None
     return bytes(buf)
+
+
+def _parse_json(body: bytes, hint: str) -> Any:
+    """``json.loads`` of a request body; a 400 naming the problem for anything it refuses."""
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, f"the body is not valid JSON; {hint}", "bad_json") from None
+    except RecursionError:  # [[[[...]]]]: deeper than Python's recursion limit
+        raise ApiError(400, f"the JSON body is nested too deeply to read; {hint}", "bad_json") from None
+    except ValueError:  # an integer over Python's digit limit (int_max_str_digits)
+        raise ApiError(400, f"the JSON body holds a number of more than {sys.get_int_max_str_digits()} digits; "
+                            f"{hint}", "bad_json") from None
 
 
 def _b64decode(s: Any, what: str) -> bytes:
@@ -95,14 +122,14 @@ def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _image_and_params(request: Request, max_upload: int) -> tuple[bytes, dict[str, Any]]:
+async def _image_and_params(request: Request, max_upload: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
     """``(image bytes, body params)`` from a multipart, JSON or raw image body; 413/415/400 otherwise."""
     ctype = _content_type(request)
     if ctype == "multipart/form-data":
         from starlette.formparsers import MultiPartException, MultiPartParser
         from starlette.datastructures import UploadFile
 
-        body = await _read_body(request, max_upload + BODY_SLACK)
+        body = await _read_body(request, max_upload + BODY_SLACK, timeout)
 
         async def once():
             yield body
@@ -118,18 +145,16 @@ async def _image_and_params(request: Request, max_upload: int) -> tuple[bytes, d
                                 "(curl -F file=@image.png ...)", "invalid_params")
         data = await upload.read()
         params = {k: v for k, v in form.multi_items() if k != "file"}
+        await form.close()  # a part over 1 MiB was spooled to a temporary file: delete it now
     elif ctype == "application/json":
-        body = await _read_body(request, max_upload * 4 // 3 + 4 + BODY_SLACK)
-        try:
-            obj = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "the body is not valid JSON; send {\"image\": \"<base64>\"}", "bad_json") from None
+        body = await _read_body(request, max_upload * 4 // 3 + 4 + BODY_SLACK, timeout)
+        obj = _parse_json(body, "send {\"image\": \"<base64>\"}")
         if not isinstance(obj, dict) or "image" not in obj:
             raise ApiError(422, "the JSON body needs an \"image\" key holding the base64 image file", "invalid_params")
         data = _b64decode(obj.pop("image"), "image")
         params = obj
     elif ctype.startswith("image/"):
-        data = await _read_body(request, max_upload)
+        data = await _read_body(request, max_upload, timeout)
         params = {}
     else:
         raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data with a "
@@ -159,31 +184,41 @@ def _validation_text(errors: Sequence[Any]) -> str:
 
 
 def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str = "cpu", max_upload_mb: float = 10,
-               max_pixels: int = DEFAULT_MAX_PIXELS, max_generate: int = 64, api_key: Optional[str] = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE, max_generate: int = 64,
+               api_key: Optional[str] = None, body_timeout: float = DEFAULT_BODY_TIMEOUT,
                models: Optional[dict[str, Served]] = None) -> FastAPI:
     """Build the service for ``runs`` (run folders or model.json paths), each loaded once now.
 
     ``backend`` torch or onnx (recognition runs; generators always use torch); ``max_upload_mb`` bounds
-    an uploaded image file, ``max_pixels`` its width x height (checked before decoding), ``max_generate``
-    the images of one generate request; ``api_key``, when set, is required (``X-API-Key`` or
-    ``Authorization: Bearer``) on every route but /healthz and the static page. ``models`` passes
-    already loaded models instead of ``runs``.
+    an uploaded image file, ``max_pixels`` its width x height and ``max_side`` its longer side (both
+    checked before decoding), ``max_generate`` the images of one generate request, ``body_timeout``
+    the seconds a client may take to send a body (then 408); ``api_key``, when set, is required
+    (``X-API-Key`` or ``Authorization: Bearer``) on every route but /healthz, the static page and the
+    docs; an empty key is an error, not "no key" (pass None for that). ``models`` passes already
+    loaded models instead of ``runs``.
 
     >>> app = create_app(["runs/classify/digits"], api_key="secret")
     >>> import uvicorn; uvicorn.run(app, port=8000)
     """
     from .. import __version__
 
-    if max_upload_mb <= 0 or max_pixels < 1 or max_generate < 1:
+    if max_upload_mb <= 0 or max_pixels < 1 or max_side < 1 or max_generate < 1 or not body_timeout > 0:
         from ..errors import ConfigError
 
-        raise ConfigError("--max-upload-mb, --max-pixels and --max-generate must be positive")
+        raise ConfigError("--max-upload-mb, --max-pixels, --max-side, --max-generate and --body-timeout must be positive")
+    if api_key is not None:
+        check_api_key(api_key, "api_key", "pass the key, or api_key=None to serve without authentication")
+    from PIL import ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by other code: truncated JPEG/GIF uploads "
+                    "will be accepted, filled with grey (PNGs are still verified); set it back to False")
     served = models if models is not None else load_models(list(runs), backend=backend, device=device)
     max_upload = int(max_upload_mb * 2**20)
     metrics = Metrics()
-    app = FastAPI(title="recogen", version=__version__,
-                  description="Image classification, detection, segmentation and generation with recogen models. "
-                              "Errors are JSON: {\"error\": message}.")
+    app = _fastapi(title="recogen", version=__version__,
+                   description="Image classification, detection, segmentation and generation with recogen models. "
+                               "Errors are JSON: {\"error\": message}.")
     app.state.models, app.state.metrics = served, metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -263,14 +298,19 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
 
     # ---------------------------------------------------------------------- endpoints
     def add_predict_route(task: str, cls: type[Params]) -> None:
-        handler = HANDLERS[task]
+        handler, prepare_input = HANDLERS[task], PREPARE.get(task)
 
         async def predict(request: Request, query: Annotated[cls, Query()]) -> dict:  # type: ignore[valid-type]
-            data, extra = await _image_and_params(request, max_upload)
+            data, extra = await _image_and_params(request, max_upload, body_timeout)
             params = _merge_params(cls, query, extra)
             m = pick(task, params.model)
-            image = await run_in_threadpool(decode_image, data, max_pixels)
-            return await run_locked(m, lambda: handler(m.predictor, image, params))
+
+            def prepare():  # outside the model's lock: one client's big image does not stall the others
+                image = decode_image(data, max_pixels, max_side)
+                return prepare_input(m.predictor, image) if prepare_input else (m.predictor, image)
+
+            pred, image = await run_in_threadpool(prepare)
+            return await run_locked(m, lambda: handler(pred, image, params))
 
         predict.__name__ = f"{task}_image"
         app.post(f"/v1/{task}", tags=["predict"], dependencies=protected, responses=ERROR_RESPONSES,
@@ -289,15 +329,12 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
     async def generate(request: Request, query: Annotated[GenerateParams, Query()]):
         extra: dict[str, Any] = {}
         ctype = _content_type(request)
-        body = await _read_body(request, GENERATE_BODY_LIMIT)
+        body = await _read_body(request, GENERATE_BODY_LIMIT, body_timeout)
         if body:
             if ctype != "application/json":
                 raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send parameters in the "
                                     "query string or as an application/json body", "content_type")
-            try:
-                extra = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ApiError(400, "the body is not valid JSON", "bad_json") from None
+            extra = _parse_json(body, "send the parameters as a JSON object, e.g. {\"n\": 4, \"seed\": 3}")
             if not isinstance(extra, dict):
                 raise ApiError(422, "the JSON body must be an object of parameters", "invalid_params")
         p = _merge_params(GenerateParams, query, extra)
@@ -342,7 +379,32 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
 
     # The page's own files hold no model data: they load without the key (the page then asks for it).
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
+
+    # HEAD for every GET route (Starlette's routes answer it, FastAPI's do not), kept out of the schema.
+    for route in list(app.routes):
+        if isinstance(route, APIRoute) and route.methods == {"GET"}:
+            app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False,
+                              dependencies=route.dependencies, response_class=route.response_class,
+                              name=f"{route.name}_head")
     return app
+
+
+def _fastapi(**kwargs: Any) -> FastAPI:
+    """The FastAPI app, with /docs (Swagger UI) and /redoc served from the fastapi-offline package's
+    copies of their files: FastAPI's own pages load them from a CDN, and are blank offline."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:  # an environment installed before the dependency: a plain page that works offline
+        app = FastAPI(docs_url=None, redoc_url=None, **kwargs)
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return HTMLResponse("<!doctype html><title>recogen API</title><p>The interactive docs need the "
+                                "fastapi-offline package (<code>pip install fastapi-offline</code>). The API's "
+                                'OpenAPI schema is at <a href="openapi.json">/openapi.json</a>.')
+
+        return app
+    return FastAPIOffline(**kwargs)
 
 
 def _hwc(t):

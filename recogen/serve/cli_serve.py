@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from typing import Any
 
 ENV_KEY = "RECOGEN_API_KEY"
 ENV_CONFIG = "RECOGEN_SERVE_CONFIG"  # the options, as JSON, for each worker process (--workers > 1)
+# uvicorn closes an idle keep-alive connection after this many seconds (its own default, set explicitly).
+DEFAULT_KEEP_ALIVE = 5
 
 
 def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -21,9 +25,16 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image file accepted, in MiB (default 10)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="largest image accepted, width x height, checked before decoding (default 16000000)")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="longest image side accepted, in pixels, checked before decoding (default 10000)")
     p.add_argument("--max-generate", type=int, default=64, help="most images per /v1/generate request (default 64)")
     p.add_argument("--api-key", default=None,
-                   help=f"require this key (X-API-Key or Authorization: Bearer) on all but /healthz; default ${ENV_KEY}")
+                   help=f"require this key (X-API-Key or Authorization: Bearer) on all but /healthz; default ${ENV_KEY}. "
+                        "An empty key is an error: leave the option out to serve without authentication")
+    p.add_argument("--body-timeout", type=float, default=None,
+                   help="seconds a client may take to send a request body, then 408 (default 60)")
+    p.add_argument("--keep-alive-timeout", type=int, default=DEFAULT_KEEP_ALIVE,
+                   help=f"seconds an idle keep-alive connection stays open (default {DEFAULT_KEEP_ALIVE})")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own copy of the models (default 1)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default info)")
@@ -31,11 +42,53 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
 
 
 def _options(ns: argparse.Namespace) -> dict[str, Any]:
-    from .images import DEFAULT_MAX_PIXELS
+    from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
-    return {"runs": [str(r) for r in ns.runs], "backend": ns.backend, "device": ns.device,
-            "max_upload_mb": ns.max_upload_mb, "max_pixels": ns.max_pixels or DEFAULT_MAX_PIXELS,
-            "max_generate": ns.max_generate, "api_key": ns.api_key or os.environ.get(ENV_KEY) or None}
+    opts = {"runs": [str(r) for r in ns.runs], "backend": ns.backend, "device": ns.device,
+            "max_upload_mb": ns.max_upload_mb,
+            "max_pixels": DEFAULT_MAX_PIXELS if ns.max_pixels is None else ns.max_pixels,
+            "max_side": DEFAULT_MAX_SIDE if ns.max_side is None else ns.max_side,
+            "max_generate": ns.max_generate, "api_key": _api_key(ns.api_key)}
+    if ns.body_timeout is not None:  # else create_app's default (app.DEFAULT_BODY_TIMEOUT)
+        opts["body_timeout"] = ns.body_timeout
+    return opts
+
+
+def _api_key(option: str | None) -> str | None:
+    """The key from --api-key, else $RECOGEN_API_KEY, else None (no authentication). An empty one is an
+    error: ``--api-key "$KEY"`` with KEY unset must not silently turn authentication off."""
+    from .errors import check_api_key
+
+    if option is not None:
+        return check_api_key(option, "--api-key", "set the variable you pass to it (e.g. KEY=$(openssl rand -hex 16)), "
+                                                  "or leave out --api-key to serve without authentication")
+    env = os.environ.get(ENV_KEY)
+    if env is None:
+        return None
+    return check_api_key(env, f"${ENV_KEY}", f"set it to the key, or unset it (unset {ENV_KEY}) to serve "
+                                             "without authentication")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line, before the models load, when ``host:port`` cannot be listened on. The socket is
+    made as uvicorn makes its own (IPv6 for a host with ':', SO_REUSEADDR), so only a port that something
+    really listens on counts as in use."""
+    from ..errors import ConfigError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except socket.gaierror as e:
+            raise ConfigError(f"cannot listen on --host {host}: {e.strerror}; use an address of this machine "
+                              "(127.0.0.1, or 0.0.0.0 for all)") from None
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} is in use on {host} (another server, or another recogen serve, is "
+                                  "listening there); stop it or pick a free port with --port") from None
+            fix = "use a port above 1023 or run with the rights to bind it" if e.errno == errno.EACCES else \
+                "check --host and --port"
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; {fix}") from None
 
 
 def app_from_env():
@@ -59,9 +112,12 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be 0..65535, got {ns.port}")
     if ns.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {ns.workers}")
+    if ns.keep_alive_timeout < 1:
+        raise ConfigError(f"--keep-alive-timeout must be at least 1 second, got {ns.keep_alive_timeout}")
     opts = _options(ns)
     for run in opts["runs"]:
         read_card(run)  # a wrong path fails here, in one line, before anything heavy is imported
+    _check_port(ns.host, ns.port)  # and so does a port in use, before "serving ..." is printed
     import uvicorn
 
     where = f"http://{ns.host}:{ns.port}"
@@ -72,10 +128,10 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         app = create_app(opts.pop("runs"), **opts)  # loads every model now: errors before listening
         print(f"serving {', '.join(f'{m.name} ({m.task})' for m in app.state.models.values())} at {where} "
               f"(page /, docs /docs, {auth})", flush=True)
-        uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
+        uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, timeout_keep_alive=ns.keep_alive_timeout)
     else:
         os.environ[ENV_CONFIG] = json.dumps(opts)
         print(f"serving {len(opts['runs'])} run(s) at {where} with {ns.workers} workers ({auth})", flush=True)
         uvicorn.run("recogen.serve.cli_serve:app_from_env", factory=True, host=ns.host, port=ns.port,
-                    workers=ns.workers, log_level=ns.log_level)
+                    workers=ns.workers, log_level=ns.log_level, timeout_keep_alive=ns.keep_alive_timeout)
     return 0

@@ -2,11 +2,16 @@
 
 A handler turns (predictor, decoded image, validated params) into the same JSON as
 ``recogen TASK predict --json`` gives for one image (without "path": the image came over HTTP).
-Adding a task is one entry in :data:`HANDLERS` (and its params model in ``params.py``).
+Adding a task is one entry in :data:`HANDLERS` (and its params model in ``params.py``), and
+optionally one in :data:`PREPARE`.
+
+The service runs ``PREPARE[task]`` outside the model's lock and only the handler under it, so that
+one client's large image is converted and resized while other clients' forward passes run.
 """
 from __future__ import annotations
 
 import base64
+import copy
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +78,41 @@ HANDLERS: dict[str, Callable[[Any, Any, Any], dict[str, Any]]] = {
     "classify": classify_handler,
     "detect": detect_handler,
     "segment": segment_handler,
+}
+
+
+def _with_input(pred, method: str, value: Any):
+    """A shallow copy of ``pred`` (the same model and card) whose ``method`` returns ``value``, computed
+    beforehand: its ``predict`` then gives exactly what ``pred.predict`` gives, without that step."""
+    view = copy.copy(pred)
+    setattr(view, method, lambda *args, **kwargs: value)
+    return view
+
+
+def classify_prepare(pred, image) -> tuple[Any, Any]:
+    """Convert and resize to the model's input (``Classifier.preprocess``) outside the lock."""
+    return _with_input(pred, "preprocess", pred.preprocess([image])), image
+
+
+def detect_prepare(pred, image) -> tuple[Any, Any]:
+    """Convert and resize to the model's input (``Detector.preprocess``, which also keeps the image's
+    size for the boxes) outside the lock."""
+    return _with_input(pred, "preprocess", pred.preprocess(image)), image
+
+
+def segment_prepare(pred, image) -> tuple[Any, Any]:
+    """Convert and resize to the model's input outside the lock; the mask still comes back at the
+    image's own size (``Segmenter.predict`` takes that from the image)."""
+    from ..tasks.segment import _fit_images
+
+    return _with_input(pred, "_tensor", _fit_images(pred._tensor(image), pred.card)), image
+
+
+# task -> prepare(predictor, PIL image) -> (predictor, image) for its handler; run outside the model's lock
+PREPARE: dict[str, Callable[[Any, Any], tuple[Any, Any]]] = {
+    "classify": classify_prepare,
+    "detect": detect_prepare,
+    "segment": segment_prepare,
 }
 GENERATIVE = ("generate",)
 

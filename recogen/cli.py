@@ -98,6 +98,16 @@ def _json_dict(s: str) -> dict:
     return d
 
 
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
 def _options(ns: argparse.Namespace, exclude: tuple[str, ...] = ("func", "config", "command", "action")) -> dict[str, Any]:
     return {k: v for k, v in vars(ns).items() if k not in exclude}
 
@@ -260,11 +270,11 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 PREDICT_FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "classify": [("--topk", {"type": int, "default": 5, "help": "how many labels to show (default 5)"})],
+    "classify": [("--topk", {"type": _positive_int, "default": 5, "help": "how many labels to show (default 5)"})],
     "detect": [
         ("--conf", {"type": float, "default": 0.25, "help": "minimum score (default 0.25)"}),
         ("--iou", {"type": float, "default": 0.45, "help": "IoU threshold of class-wise NMS (default 0.45)"}),
-        ("--max-det", {"type": int, "default": 100, "dest": "max_det", "help": "most boxes per image (default 100)"}),
+        ("--max-det", {"type": _positive_int, "default": 100, "dest": "max_det", "help": "most boxes per image (default 100)"}),
         ("--save", {"metavar": "DIR", "help": "write each image with its boxes drawn into DIR"}),
     ],
     "segment": [("--save", {"metavar": "DIR", "help": "write the class mask PNG and a colour overlay into DIR"})],
@@ -347,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.set_defaults(func=cmd_data_convert)
 
     de = sub.add_parser("demo", help="offline demo: train on digits, evaluate, predict, write report.html")
-    de.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; replaced if it exists)")
+    de.add_argument("--out", default="runs/demo",
+                    help="run folder (default runs/demo; a previous demo run there is replaced, any other non-empty folder is refused)")
     de.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show the progress bar")
     de.set_defaults(func=cmd_demo)
 
@@ -367,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; the last finished epoch is saved (continue with --resume --out RUN)", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # TrainingInterrupted says what training saved; elsewhere nothing is claimed.
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
 
 

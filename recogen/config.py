@@ -3,6 +3,11 @@ keys are an error, and the fully resolved config (every "auto" replaced) is save
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +52,124 @@ class TrainConfig:
     channels_last: bool | None = None
     progress: bool = True
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        # The same checks for the CLI, YAML and the Python API: a bad value is one ConfigError before
+        # anything is loaded or written.
+        validate(self)
+
+
+# Checks per field: (test, what the value must be). Fields absent here only get their type checked.
+MAX_IMAGE_SIZE = 4096
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+_positive = (lambda v: v >= 1, "a whole number >= 1")
+_fraction = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+RULES: dict[str, tuple[Any, str]] = {
+    "image_size": (lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"a whole number of pixels from 1 to {MAX_IMAGE_SIZE}"),
+    "channels": (lambda v: v in (1, 3), "1 (grayscale) or 3 (RGB)"),
+    "val_fraction": _fraction,
+    "test_fraction": _fraction,
+    "limit": _positive,
+    "epochs": _positive,
+    "batch_size": _positive,
+    "lr": (lambda v: math.isfinite(v) and v > 0, "a positive finite number, e.g. 1e-3"),
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "patience": (lambda v: v >= 0, "a whole number >= 0"),
+    "seed": (lambda v: v >= 0, "a whole number >= 0"),
+    "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
+    "accelerator": (lambda v: v in ACCELERATORS, "one of " + ", ".join(ACCELERATORS)),
+    "devices": (lambda v: bool(re.fullmatch(r"auto|-1|[1-9]\d*|\d+,|\d+(,\d+)+,?", v)),
+                "auto, a number of devices >= 1, or a list of device indices like 0,1"),
+    "augment": (lambda v: v in ("auto", "none", "light", "strong"), "one of auto, none, light, strong"),
+    "label_smoothing": _fraction,
+    "width": _positive,
+    "latent_dim": _positive,
+    "beta": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "ema": _fraction,
+    "steps": _positive,
+    "guidance": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+}
+# Choices that depend on the task: config class name -> field -> allowed values.
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "TrainConfig": {"optimizer": ("adamw", "sgd"), "schedule": ("onecycle", "cosine", "none")},
+    "GenerateConfig": {"optimizer": ("auto", "adam", "adamw"), "schedule": ("auto", "onecycle", "cosine", "none"),
+                       "sampler": ("ddim", "dpm++")},
+}
+
+
+def _bad(name: str, value: Any, rule: str) -> ConfigError:
+    return ConfigError(f"bad --{name.replace('_', '-')} {value!r} (YAML key {name}): it must be {rule}")
+
+
+def _coerce(name: str, value: Any, t: Any) -> Any:
+    """``value`` as the field's type ``t`` (int, float, bool, str, dict), or a ConfigError.
+
+    Strings that spell a number are accepted for numeric fields: YAML 1.1 reads ``1e-3`` as a string.
+    """
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        raise _bad(name, value, "true or false")
+    if t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+        raise _bad(name, value, RULES.get(name, (None, "a whole number"))[1])
+    if t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _bad(name, value, RULES.get(name, (None, "a number"))[1])
+    if t is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return str(value if not isinstance(value, os.PathLike) else os.fspath(value))
+        raise _bad(name, value, "a text value")
+    if t is dict or typing.get_origin(t) is dict:
+        if isinstance(value, dict):
+            return value
+        raise _bad(name, value, "a mapping (JSON object), e.g. {\"dropout\": 0.2}")
+    return value
+
+
+def validate(cfg: Any) -> None:
+    """Coerce each field of the config ``cfg`` to its declared type and check its range, in place."""
+    hints = typing.get_type_hints(type(cfg))
+    choices: dict[str, tuple[str, ...]] = {}
+    for klass in reversed(type(cfg).__mro__):
+        choices.update(CHOICES.get(klass.__name__, {}))
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        t = hints[f.name]
+        args = typing.get_args(t) if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union else (t,)
+        if value is None:
+            if type(None) in args:
+                continue
+            raise _bad(f.name, value, "given (it has no 'none' value)")
+        base = next(a for a in args if a is not type(None))
+        value = _coerce(f.name, value, base)
+        object.__setattr__(cfg, f.name, value)
+        if f.name in choices and value not in choices[f.name]:
+            raise _bad(f.name, value, "one of " + ", ".join(choices[f.name]))
+        rule = RULES.get(f.name)
+        if rule is not None and not rule[0](value):
+            raise _bad(f.name, value, rule[1])
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ConfigError(f"--val-fraction {cfg.val_fraction} and --test-fraction {cfg.test_fraction} leave no "
+                          "training images; their sum must be below 1")
+    if cfg.budget != "auto":
+        from .tasks.budget import parse_budget
+
+        parse_budget(cfg.budget)
 
 
 @dataclass

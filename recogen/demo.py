@@ -8,6 +8,20 @@ import time
 from pathlib import Path
 
 
+DEMO_MARKER = ".recogen-demo"  # written first into a demo's folder: only such a folder is ever replaced
+
+
+def is_demo_run(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``recogen demo`` (its marker, or the report of an older demo)."""
+    if (folder / DEMO_MARKER).is_file():
+        return True
+    report = folder / "report.html"
+    try:
+        return report.is_file() and "recogen demo" in report.read_text(errors="replace")[:5000]
+    except OSError:
+        return False
+
+
 def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> Path:
     """Train the default classifier on ``mnist-5k``, then evaluate, predict and report. Returns the run folder."""
     from PIL import Image
@@ -16,10 +30,19 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> Path:
     from .report import plot_image_grid, write_report
     from .tasks import classify
 
+    from .errors import RunError
+    from .utils import check_writable_folder
+
     t0 = time.perf_counter()
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)  # the demo always starts fresh; a user's own runs never live here by default
+    check_writable_folder(out)
+    if out.exists() and any(out.iterdir()):
+        if not is_demo_run(out):
+            raise RunError(f"{out} is not empty and is not a previous demo run; the demo replaces its folder, so "
+                           "give --out a new or empty folder (or one a previous `recogen demo` wrote)")
+        shutil.rmtree(out)  # the demo always starts fresh
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by `recogen demo`: the next demo into this folder replaces it\n")
     run = classify.train(data="mnist-5k", out=str(out), progress=progress)
 
     # Predict a few test images exactly as a user would: from PNG files on disk.

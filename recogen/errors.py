@@ -30,3 +30,7 @@ class OfflineError(UserError):
 
 class RunError(UserError):
     """A run folder that is missing, incomplete or of the wrong task."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl+C or SIGTERM. The message says what was saved and how to continue."""

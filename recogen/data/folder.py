@@ -78,12 +78,36 @@ def _is_single_channel(img: Image.Image) -> bool:
     return img.mode in _SINGLE_CHANNEL_MODES
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit ``L``, scaled (x * 255 / 65535, rounded); other modes unchanged.
+
+    PIL's ``convert("L")`` clips 16-bit values at 255, which turns almost every pixel white.
+    """
+    if img.mode not in _SIXTEEN_BIT_MODES:
+        return img
+    arr = np.asarray(img).astype(np.int64).clip(0, 65535)
+    return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
+def open_verified(src) -> Image.Image:
+    """``Image.open`` that first checks a PNG's chunk CRCs (Pillow checks those of the pixel data only in
+    ``verify()``), so a damaged PNG raises instead of decoding to garbage. ``src``: a path or a seekable file."""
+    img = Image.open(src)
+    if img.format == "PNG":
+        try:
+            img.verify()  # reads every chunk to IEND and checks its CRC
+        finally:
+            img.close()
+        if hasattr(src, "seek"):
+            src.seek(0)
+        img = Image.open(src)
+    return img
+
+
 def _base_mode(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit ``L`` or ``RGB`` (alpha dropped, as torchvision's pil_loader does)."""
     if img.mode in _SIXTEEN_BIT_MODES:
-        # PIL's convert("L") clips 16-bit values at 255 (almost all white); scale the range instead.
-        arr = np.asarray(img).astype(np.int64).clip(0, 65535) >> 8
-        return Image.fromarray(arr.astype(np.uint8), "L")
+        return to_8bit(img)
     if _is_single_channel(img):
         return img.convert("L")
     return img.convert("RGB")
@@ -125,7 +149,7 @@ def _probe(path: Path) -> tuple[bool, int]:
 def _decode(path: Path, size: int, channels: int) -> np.ndarray:
     """Decode one image fully and return it resized to (channels, size, size) uint8."""
     try:
-        with Image.open(path) as img:
+        with open_verified(path) as img:
             img.draft(None, (size, size))  # JPEG: decode at a reduced scale that still covers ``size``
             img.load()  # decode now, so a truncated file fails here rather than passing silently
             img = _base_mode(img)

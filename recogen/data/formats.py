@@ -33,7 +33,7 @@ from ..errors import DataError
 from ..utils import atomic_write_text, write_json
 from .base import DataOptions
 from .dense import IGNORE_INDEX, DENSE_DATASETS, DenseSet, DenseSplits, split_dense
-from .folder import IMAGE_EXTENSIONS, _base_mode, _BadImage, _strict_pil
+from .folder import IMAGE_EXTENSIONS, _base_mode, _BadImage, _strict_pil, open_verified
 
 EDGE_TOLERANCE = 1.0  # px a box may overshoot the image edge (exporter rounding) before it is an error
 MIN_COMPONENT_PIXELS = 4  # smaller connected components of a mask are speckles, not objects
@@ -448,7 +448,7 @@ def _yolo_source(arg: str | None, bad: list[Path] | None = None) -> _Source:
 
 def _read_mask(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as m:
+        with open_verified(path) as m:
             m.load()
             mode = m.mode
             arr = np.asarray(m)
@@ -615,7 +615,7 @@ def _rasterise(p: _Paint, h: int, w: int) -> np.ndarray:
 def _decode(rec: _Record, size: int, channels: int) -> np.ndarray:
     """Decode one image at (channels, size, size); an on-disk size that disagrees with its annotation is an error."""
     try:
-        with Image.open(rec.path) as img:
+        with open_verified(rec.path) as img:
             hw = (img.height, img.width)
             img.draft(None, (size, size))  # JPEG: decode at a reduced scale that still covers ``size``
             img.load()

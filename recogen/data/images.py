@@ -25,22 +25,31 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def open_image(src):
-    """Open a path, bytes, numpy array or PIL image as a fully decoded PIL image (clear error if corrupt)."""
+    """Open a path, bytes, numpy array or PIL image as a fully decoded PIL image (clear error if corrupt).
+
+    PNG chunk checksums are verified, truncated files are refused, and 16-bit grayscale is scaled to 8 bits.
+    """
     import io
 
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from .folder import _strict_pil, open_verified, to_8bit
+
+    def eight_bit(img):  # 16-bit grayscale (PNG, TIFF, uint16 arrays) scaled to 8 bits, not clipped
+        return to_8bit(img) if img.mode.startswith("I;16") else img
+
     if isinstance(src, Image.Image):
-        return src
+        return eight_bit(src)
     if isinstance(src, np.ndarray):
-        return Image.fromarray(src)
+        return eight_bit(Image.fromarray(src))
     name = str(src) if isinstance(src, (str, Path)) else "<bytes>"
     try:
-        img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
-        img.load()
-        return img
+        with _strict_pil():  # a truncated file fails even if other code relaxed PIL's global flag
+            img = open_verified(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+            img.load()
+        return eight_bit(img)
     except FileNotFoundError:
         raise DataError(f"no such file: {name}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {name}: {e}") from None

@@ -79,6 +79,12 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     card_path, path = resolve_out(run, fmt, out)
+    from ..utils import check_writable_folder
+
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; name the file to write, or another folder")
+    check_writable_folder(path.parent, "--out" if out is not None else "run folder",  # before any work
+                          "give --out a writable file or folder")
     if path.exists() and not force:
         raise RunError(f"{path} already exists; pass --force to replace it or --out to write elsewhere")
     if fmt == "safetensors" and path.resolve() == card_path.with_suffix(".safetensors").resolve():

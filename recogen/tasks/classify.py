@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,7 +18,7 @@ from ..data.images import open_image
 from ..data.loaders import TensorBatches
 from ..data.manifest import write_manifest
 from ..data.transforms import BatchAugment, get_preset
-from ..errors import DataError, RunError
+from ..errors import ConfigError, DataError, RunError
 from ..export.portable import load_portable, read_card, save_portable
 from ..utils import seed_everything, write_json
 from . import common
@@ -165,11 +166,9 @@ def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: I
     for note in splits.notes:
         print("note: " + note)
 
-    from ..models import create_model
-
-    model = create_model(cfg.model, num_classes=len(splits.classes), in_chans=cfg.channels, image_size=cfg.image_size,
-                         pretrained=cfg.pretrained and not cfg.resume, weights=None if cfg.resume else cfg.weights,
-                         **cfg.model_kwargs)
+    model = common.create_model(cfg.model, cfg.model_kwargs, num_classes=len(splits.classes), in_chans=cfg.channels,
+                                image_size=cfg.image_size, pretrained=cfg.pretrained and not cfg.resume,
+                                weights=None if cfg.resume else cfg.weights)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mean, std = splits.mean_std()
@@ -244,6 +243,9 @@ def evaluate(run: str | Path, data: str | None = None, split: str | None = None,
     """
     run = Path(run)
     model, card = load_portable(run, device)
+    if write and run.is_dir():
+        # Before any data is loaded.
+        common.check_writable_folder(run, "run folder", "pass --no-write to only print the metrics, or make it writable")
     cfg_path = run / "config.yaml"
     cfg = common.load_run_config(ClassifyConfig, run) if cfg_path.is_file() else ClassifyConfig(data=card["data"])
     spec = data or cfg.data
@@ -293,6 +295,8 @@ class Classifier:
 
         Each image may be a path, bytes, a PIL image or a uint8 numpy array.
         """
+        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+            raise ConfigError(f"bad topk {topk!r}: it must be a whole number >= 1 (how many labels to show)")
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         probs = predict_probs(self.model, self.card, self.preprocess(batch))

@@ -15,8 +15,8 @@ import torch
 from ..config import TrainConfig, from_dict, load_yaml, save_yaml
 from ..data import DataOptions, parse_spec
 from ..data.loaders import TensorBatches
-from ..errors import ConfigError, RunError
-from ..utils import atomic_write, bf16_supported, write_json
+from ..errors import ConfigError, RunError, TrainingInterrupted
+from ..utils import atomic_write, bf16_supported, check_writable_folder, write_json
 
 C = TypeVar("C", bound=TrainConfig)
 
@@ -77,29 +77,98 @@ def _default_out(task: str, cfg: TrainConfig) -> Path:
     return out
 
 
+def check_environment(cfg: TrainConfig) -> None:
+    """Refuse an accelerator or precision this machine cannot run, before anything is loaded or written."""
+    acc = cfg.accelerator
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--accelerator {acc}: no CUDA GPU is available on this machine; use --accelerator cpu or auto")
+    if acc == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--accelerator mps: Apple's MPS is not available on this machine; use --accelerator cpu or auto")
+    on_cpu = acc == "cpu" or (acc == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
+    if on_cpu and cfg.precision in ("16-mixed", "16", "16-true"):
+        raise ConfigError(f"--precision {cfg.precision} (float16) needs a GPU; on a CPU use bf16-mixed, 32-true or auto")
+
+
+def _has_run(out: Path) -> bool:
+    return (out / "model.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a Lightning checkpoint with ``torch.load(weights_only=True)``, whatever the environment says
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off): nothing in the file is executed."""
+    import pickle
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise RunError(f"refused to load {path}: it holds objects other than weights and tensors, and loading "
+                           "it could run code; use a checkpoint recogen wrote, or delete it to start over") from None
+        raise RunError(f"cannot read checkpoint {path}: it is damaged ({_first_line(e)}); delete it to start over") from None
+    except Exception as e:  # truncated or empty files raise RuntimeError, EOFError, ...
+        raise RunError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({_first_line(e)}); "
+                       "delete it to start over") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("epoch"), int):
+        raise RunError(f"{path} is not a Lightning checkpoint written by recogen; delete it to start over")
+    return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
 def prepare_run(cls: type[C], task: str, cfg: C) -> tuple[C, Path, Path | None]:
-    """Decide the run folder; for --resume, reload its resolved config (epochs may be raised).
+    """Decide the run folder; for --resume, reload its resolved config (``--epochs`` may change).
 
     Returns ``(config, run folder, checkpoint to resume from or None)``. A folder that already holds
-    a run is never trained into without --resume, so nothing saved is overwritten.
+    a run is never trained into without --resume, so nothing saved is overwritten. Everything that can
+    be checked before loading data is checked here: the folder is writable, the machine has the asked
+    accelerator, and a resumed checkpoint reads safely and has not trained more epochs than asked for.
     """
+    check_environment(cfg)
     if not cfg.resume:
-        out = Path(cfg.out) if cfg.out else _default_out(task, cfg)
-        if (out / "checkpoints").exists() or (out / "model.json").exists():
+        out = Path(cfg.out).expanduser() if cfg.out else _default_out(task, cfg)
+        check_writable_folder(out)
+        if _has_run(out):
             raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         return cfg, out, None
     if not cfg.out:
         raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser()
     last = out / "checkpoints" / "last.ckpt"
     if not last.is_file() or not (out / "config.yaml").is_file():
         raise RunError(f"nothing to resume in {out}: {last} or config.yaml is missing")
+    check_writable_folder(out)
     saved = load_run_config(cls, out)
+    done = load_checkpoint(last)["epoch"] + 1
     epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
-    return dataclasses.replace(saved, resume=True, out=str(out), epochs=epochs, progress=cfg.progress), out, last
+    if epochs is not None and epochs < done:
+        raise ConfigError(f"--epochs {epochs} is fewer than the {done} epochs {out} has already trained; "
+                          f"give --epochs {done} or more")
+    resumed = dataclasses.replace(saved, resume=True, out=str(out), epochs=epochs, progress=cfg.progress)
+    check_environment(resumed)
+    return resumed, out, last
+
+
+def create_model(name: str, model_kwargs: dict[str, Any], **kw: Any):
+    """``recogen.models.create_model`` with ``--model-kwargs`` the model does not take as a ConfigError."""
+    from ..models import create_model as create
+
+    try:
+        return create(name, **kw, **model_kwargs)
+    except TypeError as e:
+        if "argument" not in str(e):
+            raise
+        raise ConfigError(f"bad --model-kwargs {json.dumps(model_kwargs)} for model {name}: {_first_line(e)}; "
+                          "remove or rename the key(s)") from None
 
 
 def save_config(cfg: TrainConfig, run: Path) -> None:
+    """Write ``config.yaml``. A resumed run writes it only once its checkpoint is restored (make_trainer),
+    so a resume that fails changes nothing."""
+    if cfg.resume and (run / "config.yaml").is_file():
+        return
     run.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run / "config.yaml")
 
@@ -169,19 +238,63 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
             self.rows.append(row)
             write_json(self.path, self.rows)
 
+    class Resumed(pl.Callback):
+        """On --resume: fit the restored LR schedule to the (possibly changed) epoch count, then write
+        config.yaml. Both happen only once the checkpoint is restored, so a failed resume changes nothing."""
+
+        def on_load_checkpoint(self, trainer, module, checkpoint):
+            # The lengths of the schedules the checkpoint's run planned (no schedule: a run too short for one).
+            self.saved = [s.get("total_steps", s.get("T_max")) for s in checkpoint.get("lr_schedulers") or []]
+
+        def on_fit_start(self, trainer, module):
+            # Before the checkpoint's scheduler states replace them: the lengths this run plans.
+            self.planned = [_schedule_total(sc.scheduler) for sc in trainer.lr_scheduler_configs]
+
+        def on_train_start(self, trainer, module):
+            planned = getattr(self, "planned", [])
+            if planned and getattr(self, "saved", planned) != planned:
+                # --epochs changed: rebuild the schedule for the new length from the step reached (as
+                # the time budget does), instead of stepping past the old schedule's end.
+                from .budget import replan
+
+                for sc in trainer.lr_scheduler_configs:
+                    sc.scheduler.last_epoch = max(sc.scheduler.last_epoch, trainer.global_step)
+                replan(trainer, int(trainer.max_epochs))
+            run.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, run / "config.yaml")
+            _resumed_runs.add(id(trainer))
+
     cbs = [
         # Saved at the end of the training epoch, after History wrote that epoch's row (Lightning runs
-        # checkpoint callbacks last), so a crash between the two never loses a history row.
+        # checkpoint callbacks last, in this order), so a crash between the two never loses a history row.
         ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=monitor, mode=mode,
-                        save_last=True, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
+                        save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
+        # last.ckpt after every epoch, whether or not the monitored metric improved (save_last of the
+        # checkpoint above is written only when best.ckpt is), so --resume never repeats an epoch.
+        ModelCheckpoint(dirpath=run / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False, save_on_train_epoch_end=True),
         History(),
     ]
+    if cfg.resume:
+        cbs.append(Resumed())
     patience = cfg.patience
     if patience is None and monitor and cfg.budget not in (None, "none") and not cfg.resume:
         patience = plateau_patience(int(cfg.epochs))  # re-set when the budget re-plans the epochs
     if patience and monitor:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     return cbs
+
+
+# ids of trainers whose resumed checkpoint was restored (fit tells a failed restore from a failed run).
+_resumed_runs: set[int] = set()
+
+
+def _schedule_total(sched) -> int | None:
+    """The length in steps of a per-step schedule (OneCycleLR, CosineAnnealingLR), None if unknown."""
+    for name in ("total_steps", "T_max"):
+        if hasattr(sched, name):
+            return int(getattr(sched, name))
+    return None
 
 
 def _atomic_checkpoint_io():
@@ -192,6 +305,10 @@ def _atomic_checkpoint_io():
 
         def save_checkpoint(self, checkpoint, path, storage_options=None):
             atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None):
+            # Always weights_only=True (explicitly, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot undo it).
+            return load_checkpoint(Path(path))
 
     return AtomicCheckpointIO()
 
@@ -289,18 +406,45 @@ def make_trainer(cfg: TrainConfig, run: Path, *, monitor: str | None, mode: str 
 
 
 def fit(trainer, module, train_dl, val_dl, ckpt: Path | None) -> None:
-    """``trainer.fit`` that turns Lightning's Ctrl+C shutdown into a KeyboardInterrupt the caller sees."""
+    """``trainer.fit`` that turns Lightning's Ctrl+C / SIGTERM shutdown into a :class:`TrainingInterrupted`
+    (a KeyboardInterrupt) whose message says truthfully what is saved, and a checkpoint that does not fit
+    this run into a RunError."""
+    run = Path(trainer.default_root_dir)
     try:
         trainer.fit(module, train_dl, val_dl, ckpt_path=str(ckpt) if ckpt else None)
     except SystemExit:
-        # Lightning turns Ctrl+C into a graceful shutdown and sys.exit(1); the last finished epoch is
-        # saved, so report it as an interruption the caller can resume from.
+        # Lightning turns Ctrl+C into a graceful shutdown and sys.exit(1), and SIGTERM into a
+        # SIGTERMException (a SystemExit); what the last finished epoch saved is kept.
         if trainer.interrupted:
             import signal
 
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning set SIG_IGN
-            raise KeyboardInterrupt from None
+            raise TrainingInterrupted(_interrupted_message(run)) from None
         raise
+    except KeyboardInterrupt as e:
+        if isinstance(e, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(_interrupted_message(run)) from None
+    except (RuntimeError, KeyError, ValueError) as e:
+        if ckpt is not None and id(trainer) not in _resumed_runs:
+            raise RunError(f"cannot resume from {ckpt}: it does not fit this run ({_first_line(e)}); "
+                           "delete the checkpoints folder to start over") from None
+        raise
+    finally:
+        _resumed_runs.discard(id(trainer))
+
+
+def _interrupted_message(run: Path) -> str:
+    last = run / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        try:
+            done = torch.load(str(last), map_location="cpu", weights_only=True)["epoch"] + 1
+        except Exception:
+            done = None
+        what = f"epoch {done} is saved" if done else "the last finished epoch is saved"
+        return f"interrupted; {what} in {last} (continue with --resume --out {run})"
+    return (f"interrupted before the first epoch finished: no checkpoint was saved in {run}; "
+            f"run the same command again to start over")
 
 
 def load_best(module, run: Path) -> None:

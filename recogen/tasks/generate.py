@@ -247,10 +247,9 @@ def train(config: GenerateConfig | dict | str | Path | None = None, callbacks: I
     if why:
         print("auto: " + "; ".join(why))
 
-    from ..models import create_model
-
-    model = create_model(cfg.model, num_classes=len(splits.classes), in_chans=cfg.channels, image_size=cfg.image_size,
-                         pretrained=cfg.pretrained, weights=None if cfg.resume else cfg.weights, **cfg.model_kwargs)
+    model = common.create_model(cfg.model, cfg.model_kwargs, num_classes=len(splits.classes), in_chans=cfg.channels,
+                                image_size=cfg.image_size, pretrained=cfg.pretrained,
+                                weights=None if cfg.resume else cfg.weights)
     train_dl = common.EpochBatches(splits.train, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
     module = make_module(model, cfg, splits.hflip_ok, cfg.epochs * len(train_dl))
     common.save_config(cfg, run)
@@ -456,6 +455,9 @@ def evaluate(run: str | Path, features: str, features_weights: str | Path | None
     gen = load(run, device)
     if not (run / "config.yaml").is_file():
         raise RunError(f"{run} has no config.yaml; evaluate a run folder made by `recogen generate train`")
+    if write:
+        # Before any data is loaded.
+        common.check_writable_folder(run, "run folder", "pass --no-write to only print the metrics, or make it writable")
     cfg = common.load_run_config(GenerateConfig, run)
     splits = _load_data(cfg)
     asked = split

@@ -181,6 +181,33 @@ def test_digit_scenes_shapes_and_classes(scenes):
     assert set(all_labels.tolist()) == set(range(10)) and len(all_labels) > 1.5 * len(s.train)
 
 
+def test_digit_scenes_are_never_flipped_by_augmentation(scenes, monkeypatch):
+    """A mirrored digit is not the same digit: both dense tasks hand the data set's ``hflip_ok`` to
+    their augmentation (it was always True once, and the segmenter learned mirrored glyphs)."""
+    from recogen.data.dense_transforms import DenseAugment
+    from recogen.models import create_model
+    from recogen.config import DetectConfig, SegmentConfig
+    from recogen.tasks import detect, segment
+
+    assert scenes.hflip_ok is False
+    flips = lambda aug: any(type(t).__name__ == "RandomHorizontalFlip" for t in aug.pipeline.transforms)  # noqa: E731
+    assert not flips(detect._augmenter("light", 1, scenes.hflip_ok)) and flips(detect._augmenter("light", 1))
+    seen: list[bool] = []
+    real_init = DenseAugment.__init__
+
+    def spy(self, preset, hflip_ok=True, label_offset=1):
+        seen.append(hflip_ok)
+        real_init(self, preset, hflip_ok=hflip_ok, label_offset=label_offset)
+
+    monkeypatch.setattr(DenseAugment, "__init__", spy)
+    net = create_model("unet", num_classes=11, in_chans=3, image_size=64, width=4, depth=2)
+    segment.make_module(net, SegmentConfig(data="digit-scenes", augment="light", loss="ce"), 11, [0.5] * 3, [0.2] * 3,
+                        hflip_ok=scenes.hflip_ok)
+    det = create_model("fcos-s", num_classes=10, in_chans=3, image_size=64)
+    detect.make_module(det, DetectConfig(data="digit-scenes", augment="light"), scenes.classes, 1, scenes.hflip_ok)
+    assert seen == [False, False]
+
+
 def test_digit_scenes_masks_agree_with_boxes(scenes):
     for part in (scenes.train, scenes.test):
         for mask, boxes, labels in zip(part.masks, part.boxes, part.labels):

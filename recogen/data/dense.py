@@ -65,6 +65,10 @@ class DenseSplits(SplitsBase):
     val: DenseSet
     test: DenseSet | None = None
     notes: list[str] = field(default_factory=list)
+    # False where a mirror image changes what an object is (digits, characters): augmentation then
+    # never flips horizontally. Detection/segmentation boxes and masks would follow a flip, but the
+    # class would be wrong: a mirrored "2" is not a "2".
+    hflip_ok: bool = True
 
 
 def split_dense(name: str, classes: list[str], seg_classes: list[str], pool: DenseSet, opts: DataOptions) -> DenseSplits:

@@ -174,6 +174,6 @@ def digit_scenes(arg: str | None, opts: DataOptions) -> DenseSplits:
         keep = np.sort(np.random.default_rng(opts.seed).permutation(counts["train"])[: opts.limit])
         parts["train"] = parts["train"].subset(keep)
     splits = DenseSplits("digit-scenes", list(DIGIT_CLASSES), ["background", *DIGIT_CLASSES],
-                         parts["train"], parts["val"], parts.get("test"))
+                         parts["train"], parts["val"], parts.get("test"), hflip_ok=False)
     splits.notes.append("digit-scenes: test scenes use only mnist-5k's fixed test digits and the photographs' test tiles")
     return splits

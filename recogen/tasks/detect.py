@@ -133,13 +133,13 @@ class EpochDenseBatches(DenseBatches):
         self.epoch = epoch
 
 
-def _augmenter(name: str, label_offset: int):
-    """``DenseAugment`` for preset ``name`` (None for "none")."""
+def _augmenter(name: str, label_offset: int, hflip_ok: bool = True):
+    """``DenseAugment`` for preset ``name`` (None for "none"); no flips where ``hflip_ok`` is False."""
     from ..data.dense_transforms import DenseAugment
     from ..data.transforms import get_preset
 
     preset = get_preset(name)
-    return None if preset.is_identity else DenseAugment(preset, hflip_ok=True, label_offset=label_offset)
+    return None if preset.is_identity else DenseAugment(preset, hflip_ok=hflip_ok, label_offset=label_offset)
 
 
 # ---------------------------------------------------------------------------------- Lightning module
@@ -178,12 +178,12 @@ def postprocess(model: nn.Module, score_thresh: float, nms_thresh: float | None 
             setattr(owner, k, v)
 
 
-def make_module(model: nn.Module, cfg: DetectConfig, classes: list[str], label_offset: int = 1):
+def make_module(model: nn.Module, cfg: DetectConfig, classes: list[str], label_offset: int = 1, hflip_ok: bool = True):
     """Build the LightningModule that trains ``model`` as ``cfg`` says (val mAP logged as ``val_map``)."""
     pl = common.lightning()
     from ..metrics.detection import MAX_DETECTIONS, mean_average_precision
 
-    augment = _augmenter(cfg.augment, label_offset)
+    augment = _augmenter(cfg.augment, label_offset, hflip_ok)
 
     class DetectorModule(pl.LightningModule):
         def __init__(self):
@@ -297,7 +297,7 @@ def train(config: DetectConfig | dict | str | Path | None = None, callbacks: Ite
                          pretrained=cfg.pretrained and not cfg.resume, weights=None if cfg.resume else cfg.weights,
                          **cfg.model_kwargs)
     label_offset = len(splits.seg_classes) - len(splits.classes)
-    module = make_module(model, cfg, splits.classes, label_offset)
+    module = make_module(model, cfg, splits.classes, label_offset, splits.hflip_ok)
     common.save_config(cfg, run)
     write_manifest(run, splits, cfg)  # which images each split holds (splits.json)
     n_params = sum(p.numel() for p in model.parameters())

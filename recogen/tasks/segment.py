@@ -50,7 +50,7 @@ def resolve_defaults(cfg: SegmentConfig, splits: DenseSplits) -> tuple[SegmentCo
     """Replace every "auto"/None in ``cfg`` with a choice that fits the data and this CPU; return the reasons.
 
     The recipe: a U-Net of width 8 from scratch (``stem_stride`` 2 above 96 px, so the network runs
-    at half resolution and upsamples its logits), AdamW + one-cycle at 3e-3, light augmentation,
+    at half resolution and upsamples its logits; class logits fused from every decoder stage), AdamW + one-cycle at 3e-3, light augmentation,
     batch 16, cross-entropy + soft Dice, bf16 where the hardware has it (else fp32), channels-last;
     trained for the time budget (8 minutes by default, epochs re-planned from measured epoch times)
     within an upper bound of pixel passes.
@@ -69,8 +69,12 @@ def resolve_defaults(cfg: SegmentConfig, splits: DenseSplits) -> tuple[SegmentCo
         # apart needs context, and depth 5 learned it faster than 4 at the same budget (measured:
         # shapes:600 at 128 px, 100 epochs, mIoU 0.66 vs 0.53).
         depth = 5 if min(h, w) // stride >= 64 else 4
-        c.model_kwargs = {"width": _UNET_WIDTH, "depth": depth, "stem_stride": stride}
-        why.append(f"unet width {_UNET_WIDTH}, depth {depth}" + (", stem stride 2 (works at half resolution)" if stride == 2 else ""))
+        # Class logits fused from every decoder stage: with 8 channels at the last stage alone, whole
+        # classes were never predicted (a "1" read as "4"); fused, every class was (measured on the
+        # digit-scenes val split, 30 epochs: mIoU 0.61 vs 0.37, worst class 0.44 vs 0.00).
+        c.model_kwargs = {"width": _UNET_WIDTH, "depth": depth, "stem_stride": stride, "fuse_logits": True}
+        why.append(f"unet width {_UNET_WIDTH}, depth {depth}" + (", stem stride 2 (works at half resolution)" if stride == 2 else "")
+                   + ", logits fused from every decoder stage")
     elif c.model == "unet":
         stride = int(c.model_kwargs.get("stem_stride", 1))
     if c.batch_size is None:
@@ -131,7 +135,7 @@ def mask_batches(ds: DenseSet, batch_size: int, *, shuffle: bool = False, drop_l
 
 # ---------------------------------------------------------------------------------- Lightning module
 def make_module(model: nn.Module, cfg: SegmentConfig, num_classes: int, mean: list[float], std: list[float],
-                label_offset: int = 1):
+                label_offset: int = 1, hflip_ok: bool = True):
     """Build the LightningModule that trains ``model`` as ``cfg`` says.
 
     ``label_offset`` is the mask value of object class 0 (1 when mask class 0 is background); the
@@ -154,7 +158,7 @@ def make_module(model: nn.Module, cfg: SegmentConfig, num_classes: int, mean: li
         except ImportError:
             raise ConfigError(f"--augment {cfg.augment} needs recogen.data.dense_transforms, which is missing; "
                               f"use --augment none") from None
-        augment = DenseAugment(preset, label_offset=label_offset)
+        augment = DenseAugment(preset, hflip_ok=hflip_ok, label_offset=label_offset)
 
     class SegmenterModule(pl.LightningModule):
         def __init__(self):
@@ -255,7 +259,7 @@ def train(config: SegmentConfig | dict | str | Path | None = None, callbacks: It
         model = model.to(memory_format=torch.channels_last)
     mean, std = splits.mean_std()
     offset = 1 if classes and classes[0] == "background" else 0
-    module = make_module(model, cfg, len(classes), mean, std, label_offset=offset)
+    module = make_module(model, cfg, len(classes), mean, std, label_offset=offset, hflip_ok=splits.hflip_ok)
     common.save_config(cfg, run)
     write_manifest(run, splits, cfg)  # which images each split holds (splits.json)
     n_params = sum(p.numel() for p in model.parameters())

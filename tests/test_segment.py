@@ -69,6 +69,27 @@ def test_segmenter_outputs_logits_at_input_resolution(name, chans):
             assert m(torch.randn(1, chans, 33, 45)).shape == (1, 5, 33, 45)
 
 
+def test_unet_fused_logits_carry_every_decoder_stage():
+    torch.manual_seed(0)
+    net = create_model("unet", num_classes=5, in_chans=3, image_size=64, width=4, depth=3, fuse_logits=True).eval()
+    assert len(net.side_heads) == 2  # the stages before the last; the last one is ``head``
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        full = net(x)
+        assert full.shape == (2, 5, 37, 45)
+        for head in net.side_heads:  # each side head changes the output: it is part of the sum
+            saved = head.weight.clone(), head.bias.clone()
+            head.weight.zero_(), head.bias.zero_()
+            assert not torch.allclose(net(x), full)
+            head.weight.copy_(saved[0]), head.bias.copy_(saved[1])
+            assert torch.allclose(net(x), full)
+    net.train()
+    net(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in net.side_heads)
+    plain = create_model("unet", num_classes=5, in_chans=3, image_size=64, width=4, depth=3)
+    assert plain.side_heads is None  # off by default: saved runs without the option load unchanged
+
+
 def test_unet_options_and_impossible_sizes():
     half = create_model("unet", num_classes=3, in_chans=3, image_size=64, stem_stride=2, width=4).eval()
     with torch.no_grad():
@@ -338,13 +359,13 @@ def test_defaults_fit_the_data_and_the_cpu_budget(monkeypatch, bf16):
     cfg, why = segment.resolve_defaults(SegmentConfig(data="shapes:600", image_size=128), splits)
     # The benchmarked recipe (BENCHMARKS.md): an 8-minute budget; the data bound the epochs at 4x
     # what fits that budget on 2 CPU cores.
-    assert cfg.model == "unet" and cfg.model_kwargs == {"width": 8, "depth": 5, "stem_stride": 2}
+    assert cfg.model == "unet" and cfg.model_kwargs == {"width": 8, "depth": 5, "stem_stride": 2, "fuse_logits": True}
     assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.augment, cfg.budget) == (16, 300, 3e-3, "light", "8m")
     assert cfg.precision == ("bf16-mixed" if bf16 else "32-true") and why
     # Small images: full resolution and a shallower net; the pixel bound gives more epochs (capped at 300).
     small = create_dense_dataset("shapes:100", DataOptions(image_size=48, channels=3))
     s = segment.resolve_defaults(SegmentConfig(data="shapes:100"), small)[0]
-    assert s.model_kwargs == {"width": 8, "depth": 4, "stem_stride": 1}
+    assert s.model_kwargs == {"width": 8, "depth": 4, "stem_stride": 1, "fuse_logits": True}
     assert s.epochs == min(300, round(320 * 420 * 64 * 64 / (len(small.train) * 48 * 48)))
     mine = segment.resolve_defaults(SegmentConfig(data="x", epochs=3, model_kwargs={"width": 4}), splits)[0]
     assert mine.epochs == 3 and mine.model_kwargs == {"width": 4} and mine.budget == "none"

@@ -50,7 +50,7 @@ def image_hashes(images: torch.Tensor) -> list[str]:
     return out
 
 
-def _abs_paths(paths: list[str] | None) -> list[str] | None:
+def abs_paths(paths: list[str] | None) -> list[str] | None:
     # Absolute, so a later command run from another folder compares the same strings. Markers such as
     # "<synthetic>" (generated images) are not files and stay as they are.
     if paths is None:
@@ -62,7 +62,7 @@ def _split_entry(ds: Any) -> dict[str, Any] | None:
     if ds is None:
         return None
     entry: dict[str, Any] = {"n": len(ds.images), "sha1": image_hashes(ds.images)}
-    paths = _abs_paths(getattr(ds, "paths", None))
+    paths = abs_paths(getattr(ds, "paths", None))
     if paths is not None:
         entry["paths"] = paths
     return entry

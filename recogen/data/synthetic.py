@@ -64,7 +64,7 @@ def check_disjoint(run: Path, splits: ImageSplits) -> str:
 
     Returns how the check was made (for the training log). The rule is in this module's docstring.
     """
-    from .manifest import MANIFEST, _abs_paths, image_hashes, read_manifest
+    from .manifest import MANIFEST, abs_paths, image_hashes, read_manifest
 
     run = Path(run)
     if not (run / MANIFEST).is_file():
@@ -105,7 +105,7 @@ def check_disjoint(run: Path, splits: ImageSplits) -> str:
             continue
         hit = [x in gen_hashes and x not in own for x in image_hashes(ds.images)]
         if gen_paths and ds.paths is not None:
-            hit = [a or p in gen_paths for a, p in zip(hit, _abs_paths(ds.paths))]
+            hit = [a or p in gen_paths for a, p in zip(hit, abs_paths(ds.paths))]
         counts[name] = sum(hit)
     total = sum(counts.values())
     if total:

@@ -30,6 +30,13 @@ def split_fields(split: str, data: str, *, has_test: bool | None = None) -> dict
     elif split != "test":
         out["warning"] = (f"{data} {split}: these are TRAINING figures (the model was fit to these images), "
                           "not a held-out test")
-    if "warning" in out:
-        log.warning("warning: %s", out["warning"])
-    return out
+    return add_warnings(out, [out.pop("warning")] if "warning" in out else [])
+
+
+def add_warnings(metrics: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Join ``notes`` into ``metrics["warning"]`` (kept in metrics.json) and log each; returns ``metrics``."""
+    if notes:
+        metrics["warning"] = "; ".join(notes)
+        for note in notes:
+            log.warning("warning: %s", note)
+    return metrics

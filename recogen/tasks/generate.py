@@ -269,6 +269,7 @@ def train(config: GenerateConfig | dict | str | Path | None = None, callbacks: I
     train_s = time.perf_counter() - t0
     gen = Generator(model, card, run)
     write_grid(gen.sample(64, seed=0), run / "samples.png", _nrow(model, 64))
+    common.write_run_report(run)
     print(f"trained {trainer.current_epoch} epochs in {train_s:.1f} s; wrote {run} (samples: {run / 'samples.png'})")
     return run
 
@@ -448,7 +449,7 @@ def evaluate(run: str | Path, features: str, features_weights: str | Path | None
     ``sample_opts`` go to the sampler (``steps``, ``sampler`` for ddpm) and are saved with the metrics.
     """
     from ..metrics.generation import evaluate_generator
-    from ..metrics.heldout import log
+    from ..metrics.heldout import add_warnings
     from ..utils import write_json
 
     run = Path(run)
@@ -469,12 +470,8 @@ def evaluate(run: str | Path, features: str, features_weights: str | Path | None
             "; its training images are left out, the generator saw them" if asked is None else "")
         notes.append(f"only {m['n_real']} real images ({why}); FID, KID and precision/recall from fewer than "
                      f"{MIN_REAL:,} are noisy and biased: compare runs only at the same n, and against the floor")
-    metrics = {"task": TASK, "model": gen.card["model"], "data": cfg.data, "split": split,
-               "held_out": split != "train", **m, "sample_options": sample_opts}
-    if notes:
-        metrics["warning"] = "; ".join(notes)
-        for note in notes:
-            log.warning("warning: %s", note)
+    metrics = add_warnings({"task": TASK, "model": gen.card["model"], "data": cfg.data, "split": split,
+                            "held_out": split != "train", **m, "sample_options": sample_opts}, notes)
     if write:
         write_json(run / "metrics.json", metrics)
     return metrics

@@ -282,6 +282,7 @@ def machine() -> str:
 
 
 def main() -> None:
+    global DATA  # --data replaces the default for _splits() and run_recogen()
     if len(sys.argv) > 1 and sys.argv[1] == "_yolo-train":
         return yolo_train_main(sys.argv[2:])
     if len(sys.argv) > 1 and sys.argv[1] == "_yolo-predict":
@@ -298,7 +299,6 @@ def main() -> None:
                          "marked as NOT the defaults)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "detect_vs_yolo"))
     a = ap.parse_args()
-    global DATA
     DATA = a.data
     out = Path(a.out)
     if out.exists() and any(out.iterdir()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import types
 import typing
@@ -66,6 +67,14 @@ TRAIN_HELP = {
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # An unknown option is reported by the (sub)command that did not know it, so the message points
+        # at that command's help (`recogen classify train --help`), not at `recogen --help`.
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
 
 
 def _field_type(f: dataclasses.Field) -> Any:
@@ -158,8 +167,10 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(results, indent=2))
     else:
+        # A task may print several lines per image (detect: one per box).
+        lines = getattr(mod, "format_lines", lambda r: [mod.format_prediction(r)])
         for r in results:
-            print(mod.format_prediction(r))
+            print("\n".join(lines(r)))
         if save:
             print(f"wrote {len(results)} result image(s) to {save}")
     return 0
@@ -172,31 +183,57 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_models(ns: argparse.Namespace) -> int:
-    from .models import list_models
+    from .models import list_models, model_meta
 
-    for name, desc in list_models(ns.task):
-        print(f"{name:14s} {desc}")
+    rows = [{"name": name, "task": model_meta(name).get("task"), "description": desc} for name, desc in list_models(ns.task)]
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max([14] + [len(r["name"]) for r in rows])
+    for r in rows:
+        print(f"{r['name']:{width}s} {r['task'] or '-':9s} {r['description']}")
     return 0
+
+
+# The tasks that train on each kind of data set.
+DATASET_KINDS = {"classification": ["classify", "generate"], "detection and segmentation": ["detect", "segment"]}
 
 
 def cmd_datasets(ns: argparse.Namespace) -> int:
     from .data import list_datasets
     from .data.dense import list_dense_datasets
 
-    print("classification:")
-    for name, desc in list_datasets():
-        print(f"  {name:14s} {desc}")
-    print("detection and segmentation:")
-    for name, desc in list_dense_datasets():
-        print(f"  {name:14s} {desc}")
+    kinds = {"classification": list_datasets(), "detection and segmentation": list_dense_datasets()}
+    if ns.json:
+        print(json.dumps([{"name": name, "kind": kind, "tasks": DATASET_KINDS[kind], "description": desc}
+                          for kind, rows in kinds.items() for name, desc in rows], indent=2))
+        return 0
+    for kind, rows in kinds.items():
+        print(f"{kind}:")
+        for name, desc in rows:
+            print(f"  {name:14s} {desc}")
     return 0
 
 
 def cmd_data_convert(ns: argparse.Namespace) -> int:
     from .data.formats import convert
 
-    out = convert(f"{ns.src_format}:{ns.src}", ns.to, ns.out)
+    out = convert(f"{ns.src_format}:{ns.src}", ns.to, ns.out)  # logs images and objects per split
     print(f"wrote {ns.to} data set to {out}")
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import RunError
+    from .report import write_report
+
+    run = Path(ns.run)
+    if run.is_dir() and not any((run / f).is_file() for f in ("config.yaml", "model.json", "history.json", "metrics.json")):
+        raise RunError(f"{run} is not a run folder (no config.yaml, model.json, history.json or metrics.json); "
+                       "pass the folder a training run wrote")
+    print(f"wrote {write_report(run)}")
     return 0
 
 
@@ -340,12 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true", help="replace an existing output file")
     ex.set_defaults(func=cmd_export)
 
-    mo = sub.add_parser("models", help="list registered models")
-    mo.add_argument("--task", help="only models of this task")
+    mo = sub.add_parser("models", help="list registered models: name, task, description")
+    mo.add_argument("--task", choices=list(TASKS), help="only models of this task")
+    mo.add_argument("--json", action="store_true", help="print [{name, task, description}, ...] as JSON")
     mo.set_defaults(func=cmd_models)
 
     ds = sub.add_parser("datasets", help="list registered data sets")
+    ds.add_argument("--json", action="store_true", help="print [{name, kind, tasks, description}, ...] as JSON")
     ds.set_defaults(func=cmd_datasets)
+
+    rp = sub.add_parser("report", help="(re)write RUN/report.html: metrics, per-class table, curves, figures, config")
+    rp.add_argument("run", help="run folder")
+    rp.set_defaults(func=cmd_report)
 
     da = sub.add_parser("data", help="data set tools")
     da_sub = da.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
@@ -369,9 +412,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StdStream(logging.StreamHandler):
+    """A handler writing to the current ``sys.stdout`` or ``sys.stderr`` (looked up at each line, so
+    redirections made after it was added, pytest's capture included, are honoured)."""
+
+    def __init__(self, name: str, level: int):
+        super().__init__()
+        self.name_ = name
+        self.setLevel(level)
+        self.setFormatter(logging.Formatter("%(message)s"))
+        if name == "stdout":  # INFO lines (progress: one line per epoch, counts) on stdout
+            self.addFilter(lambda r: r.levelno < logging.WARNING)
+
+    @property
+    def stream(self):
+        return getattr(sys, self.name_)
+
+    @stream.setter
+    def stream(self, value):  # set by StreamHandler.__init__; the current sys stream is used instead
+        pass
+
+
+def _show_logs() -> None:
+    """Show the library's ``recogen`` log lines: INFO on stdout, warnings on stderr (so --json stays clean)."""
+    log = logging.getLogger("recogen")
+    if not any(isinstance(h, _StdStream) for h in log.handlers):
+        log.addHandler(_StdStream("stdout", logging.INFO))
+        log.addHandler(_StdStream("stderr", logging.WARNING))
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recogen`` console script."""
     ns = build_parser().parse_args(argv)
+    _show_logs()
     func: Callable[[argparse.Namespace], int] = ns.func
     try:
         return func(ns)

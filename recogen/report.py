@@ -217,14 +217,19 @@ def write_report(run_dir, title: str | None = None) -> Path:
 
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p>Run folder: <code>{html.escape(str(run_dir.resolve()))}</code></p>"]
     metrics = load("metrics.json")
+    if metrics is None:  # data without a test split: the validation figures (marked so in the summary)
+        metrics = load("metrics_val.json")
     if isinstance(metrics, dict):
         scalars = [[k, _format(k, v)] for k, v in metrics.items() if isinstance(v, (str, int, float, bool))]
         if scalars:
             parts += ["<h2>Summary</h2>", _table(["metric", "value"], scalars)]
         per_class = metrics.get("per_class")
         if isinstance(per_class, dict) and per_class:
-            columns = ["precision", "recall", "f1", "support"]
-            rows = [[str(name)] + [_format(c, stats.get(c, "")) for c in columns]
+            # The task's own columns (classify: precision, recall, f1, support; detect: ap, ap50...;
+            # segment: iou, dice, support_pixels), in the order the metrics list them.
+            stats_rows = [s for s in per_class.values() if isinstance(s, dict)]
+            columns = list(dict.fromkeys(k for s in stats_rows for k, v in s.items() if v is None or _is_number(v)))
+            rows = [[str(name)] + [_format(c, "-" if stats.get(c) is None else stats[c]) for c in columns]
                     for name, stats in per_class.items() if isinstance(stats, dict)]
             parts += ["<h2>Per class</h2>", _table(["class"] + columns, rows)]
 

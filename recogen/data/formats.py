@@ -17,6 +17,7 @@ image files, so a conversion never resamples a pixel.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -823,6 +824,14 @@ def convert(src_spec: str, to: str, out_dir: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # What was written, per split (shown by the CLI; the Python API keeps it in the log).
+    n_img = sum(len(recs) for recs in src.splits.values())
+    n_obj = sum(len(r.labels) for recs in src.splits.values() for r in recs)
+    log = logging.getLogger("recogen.data")
+    log.info("converted %d images, %d objects, %d classes", n_img, n_obj, len(src.classes))
+    for split, recs in src.splits.items():
+        name = "train" if split == _ALL and to == "yolo" else split  # a YOLO tree names its pool train
+        log.info("  %-5s %6d images %7d objects", name, len(recs), sum(len(r.labels) for r in recs))
     return out
 
 

@@ -193,6 +193,7 @@ def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: I
     train_s = time.perf_counter() - t0
     eval_split = "test" if splits.test is not None else "val"
     metrics = _evaluate_model(model, read_card(run), splits.split(eval_split), run, eval_split, cfg.data)
+    common.write_run_report(run)
     print(f"trained {trainer.current_epoch} epochs in {train_s:.1f} s; {eval_split} accuracy {metrics['accuracy']:.4f}; wrote {run}")
     return run
 

@@ -15,10 +15,17 @@ import torch
 from ..config import TrainConfig, from_dict, load_yaml, save_yaml
 from ..data import DataOptions, parse_spec
 from ..data.loaders import TensorBatches
-from ..errors import ConfigError, RunError, TrainingInterrupted
+from ..errors import ConfigError, RunError, TrainingInterrupted, UserError
 from ..utils import atomic_write, bf16_supported, check_writable_folder, write_json
 
 C = TypeVar("C", bound=TrainConfig)
+
+# One INFO line per finished epoch (see EpochLog); the CLI shows the ``recogen`` loggers' INFO lines.
+epoch_log = logging.getLogger("recogen.train")
+
+
+class LossNotFinite(UserError):
+    """The training loss became NaN or infinite; the message says where and which checkpoint is good."""
 
 
 def lightning():
@@ -264,7 +271,28 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
             save_yaml(cfg, run / "config.yaml")
             _resumed_runs.add(id(trainer))
 
+    class FiniteLoss(pl.Callback):
+        """Stop at the first step whose loss is NaN or infinite, before any checkpoint holds the broken
+        weights: last.ckpt keeps the previous epoch. (EarlyStopping's check_finite only sees the monitored
+        validation metric, once per epoch, and lets that epoch's checkpoints be written.)"""
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+                raise LossNotFinite(_nonfinite_message(run, "loss", float(loss.detach().float().sum()),
+                                                       f"at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, "
+                                                       f"batch {batch_idx + 1})"))
+
+        def on_train_epoch_end(self, trainer, module):
+            # The epoch's losses (validation, and those of manual-optimisation steps, e.g. a GAN's), before
+            # this epoch's checkpoints are written (Lightning runs checkpoint callbacks last).
+            for k, v in trainer.callback_metrics.items():
+                if "loss" in k and not bool(torch.isfinite(v).all()):
+                    raise LossNotFinite(_nonfinite_message(run, k, float(v.float().sum()),
+                                                           f"in epoch {trainer.current_epoch + 1} (step {trainer.global_step})"))
+
     cbs = [
+        FiniteLoss(),
         # Saved at the end of the training epoch, after History wrote that epoch's row (Lightning runs
         # checkpoint callbacks last, in this order), so a crash between the two never loses a history row.
         ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=monitor, mode=mode,
@@ -277,12 +305,78 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
     ]
     if cfg.resume:
         cbs.append(Resumed())
+    cbs.append(progress_bar() if cfg.progress else EpochLog())
     patience = cfg.patience
     if patience is None and monitor and cfg.budget not in (None, "none") and not cfg.resume:
         patience = plateau_patience(int(cfg.epochs))  # re-set when the budget re-plans the epochs
     if patience and monitor:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     return cbs
+
+
+def _nonfinite_message(run: Path, name: str, value: float, where: str) -> str:
+    last = run / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        try:
+            done = torch.load(str(last), map_location="cpu", weights_only=True)["epoch"] + 1
+        except Exception:
+            done = None
+        good = f"the last good checkpoint is {last}" + (f" (epoch {done})" if done else "")
+    else:
+        good = f"no epoch had finished, so {run} holds no checkpoint"
+    what = "nan" if value != value else "inf" if value > 0 else "-inf"
+    return f"{name} became {what} {where}; lower --lr or check the data; {good}"
+
+
+def progress_bar():
+    """Lightning's progress bar (Rich when installed, else tqdm) with 1-based epochs: "Epoch 3/3" on the
+    last of 3 (Lightning's own counts from 0 and shows "Epoch 2/2")."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    if _RICH_AVAILABLE:
+        class EpochBar(RichProgressBar):
+            def _get_train_description(self, current_epoch: int) -> str:
+                text = f"Epoch {current_epoch + 1}" + (f"/{self.trainer.max_epochs}" if self.trainer.max_epochs else "")
+                # Padded as Lightning pads it, so the bar does not jump between training and validation.
+                return f"{text:{len(self.validation_description)}}"
+
+        return EpochBar()
+
+    class EpochTqdm(TQDMProgressBar):
+        def on_train_epoch_start(self, trainer, *args):
+            super().on_train_epoch_start(trainer, *args)
+            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    return EpochTqdm()
+
+
+def _epoch_log_class():
+    pl = lightning()
+
+    class EpochLog(pl.Callback):
+        """One line per finished epoch on the ``recogen.train`` logger (INFO), used instead of the progress
+        bar (``--no-progress``): epoch i/N, the numbers the progress bar shows (train loss, validation
+        metrics) and the epoch's seconds. Library code only logs; the CLI shows INFO lines."""
+
+        def on_train_epoch_start(self, trainer, module):
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            if not epoch_log.isEnabledFor(logging.INFO):
+                return
+            metrics = {k: float(v) for k, v in trainer.progress_bar_metrics.items() if k != "v_num"}
+            train = [k for k in metrics if not k.startswith("val")]
+            vals = [k for k in metrics if k.startswith("val")]
+            text = "  ".join(f"{k} {metrics[k]:.4g}" for k in train + vals)
+            seconds = time.perf_counter() - getattr(self, "t0", time.perf_counter())
+            epoch_log.info("epoch %d/%s  %s  %.1f s", trainer.current_epoch + 1, trainer.max_epochs, text, seconds)
+
+    return EpochLog
+
+
+def EpochLog():  # noqa: N802 - a callback instance, built on first use (Lightning imports slowly)
+    return _epoch_log_class()()
 
 
 # ids of trainers whose resumed checkpoint was restored (fit tells a failed restore from a failed run).
@@ -445,6 +539,14 @@ def _interrupted_message(run: Path) -> str:
         return f"interrupted; {what} in {last} (continue with --resume --out {run})"
     return (f"interrupted before the first epoch finished: no checkpoint was saved in {run}; "
             f"run the same command again to start over")
+
+
+def write_run_report(run: Path) -> Path:
+    """``run/report.html`` (metrics, per-class table, curves, figures, config), written at the end of every
+    training run; ``recogen report RUN`` rebuilds it."""
+    from ..report import write_report
+
+    return write_report(run)
 
 
 def load_best(module, run: Path) -> None:

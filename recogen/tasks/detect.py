@@ -291,11 +291,9 @@ def train(config: DetectConfig | dict | str | Path | None = None, callbacks: Ite
     for note in splits.notes:
         print("note: " + note)
 
-    from ..models import create_model
-
-    model = create_model(cfg.model, num_classes=len(splits.classes), in_chans=cfg.channels, image_size=cfg.image_size,
-                         pretrained=cfg.pretrained and not cfg.resume, weights=None if cfg.resume else cfg.weights,
-                         **cfg.model_kwargs)
+    model = common.create_model(cfg.model, cfg.model_kwargs, num_classes=len(splits.classes), in_chans=cfg.channels,
+                                image_size=cfg.image_size, pretrained=cfg.pretrained and not cfg.resume,
+                                weights=None if cfg.resume else cfg.weights)
     label_offset = len(splits.seg_classes) - len(splits.classes)
     module = make_module(model, cfg, splits.classes, label_offset, splits.hflip_ok)
     common.save_config(cfg, run)
@@ -316,6 +314,7 @@ def train(config: DetectConfig | dict | str | Path | None = None, callbacks: Ite
     train_s = time.perf_counter() - t0
     split = "test" if splits.test is not None else "val"
     metrics = _evaluate_model(model, read_card(run), splits.split(split), run, split, cfg.data)
+    common.write_run_report(run)
     print(f"trained {trainer.current_epoch} epochs in {train_s:.1f} s; {split} mAP50-95 {metrics['map']:.4f}, mAP50 {metrics['map_50']:.4f}; wrote {run}")
     return run
 
@@ -562,10 +561,19 @@ class Detector:
 
 
 def format_prediction(r: dict[str, Any]) -> str:
-    """One line per image for the CLI: its objects, best first."""
+    """One line per image: its objects, best first."""
     found = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in r["detections"])
     where = r.get("path", "image")
     return f"{where}: {len(r['detections'])} object(s)" + (f": {found}" if found else "")
+
+
+def format_lines(r: dict[str, Any]) -> list[str]:
+    """What the CLI prints per image: ``PATH: N object(s)``, then one line per box, best first:
+    label, score and the box as x0 y0 x1 y1 in the image's pixels."""
+    dets = r["detections"]
+    width = max((len(d["label"]) for d in dets), default=0)
+    return [f"{r.get('path', 'image')}: {len(dets)} object(s)"] + [
+        f"  {d['label']:<{width}}  {d['score']:.2f}  " + " ".join(f"{v:.0f}" for v in d["box"]) for d in dets]
 
 
 def load(path: str | Path, device: str = "cpu", backend: str = "torch") -> Detector:

@@ -249,12 +249,10 @@ def train(config: SegmentConfig | dict | str | Path | None = None, callbacks: It
     for note in splits.notes:
         print("note: " + note)
 
-    from ..models import create_model
-
     classes = splits.seg_classes
-    model = create_model(cfg.model, num_classes=len(classes), in_chans=cfg.channels, image_size=cfg.image_size,
-                         pretrained=cfg.pretrained and not cfg.resume, weights=None if cfg.resume else cfg.weights,
-                         **cfg.model_kwargs)
+    model = common.create_model(cfg.model, cfg.model_kwargs, num_classes=len(classes), in_chans=cfg.channels,
+                                image_size=cfg.image_size, pretrained=cfg.pretrained and not cfg.resume,
+                                weights=None if cfg.resume else cfg.weights)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mean, std = splits.mean_std()
@@ -283,6 +281,7 @@ def train(config: SegmentConfig | dict | str | Path | None = None, callbacks: It
     train_s = time.perf_counter() - t0
     eval_split = "test" if splits.test is not None else "val"
     metrics = _evaluate_model(model, read_card(run), splits.split(eval_split), run, eval_split, cfg.data)
+    common.write_run_report(run)
     print(f"trained {trainer.current_epoch} epochs in {train_s:.1f} s; {eval_split} mIoU {metrics['miou']:.4f}, pixel accuracy "
           f"{metrics['pixel_accuracy']:.4f}; wrote {run}")
     return run

@@ -46,10 +46,24 @@ def open_image(src):
     name = str(src) if isinstance(src, (str, Path)) else "<bytes>"
     try:
         with _strict_pil():  # a truncated file fails even if other code relaxed PIL's global flag
-            img = open_verified(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+            img = _open_verified_bytes(bytes(src)) if isinstance(src, (bytes, bytearray)) else open_verified(src)
             img.load()
         return eight_bit(img)
     except FileNotFoundError:
         raise DataError(f"no such file: {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {name}: {e}") from None
+
+
+def _open_verified_bytes(data: bytes):
+    """``open_verified`` for bytes: a PNG's chunk CRCs are checked on one stream and the image is decoded
+    from a fresh one (Pillow 13 closes the stream it verified, so it cannot be rewound and reused)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    if img.format == "PNG":
+        img.verify()
+        img = Image.open(io.BytesIO(data))
+    return img

@@ -125,34 +125,15 @@ def _content_type(request: Request) -> str:
 async def _image_and_params(request: Request, max_upload: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
     """``(image bytes, body params)`` from a multipart, JSON or raw image body; 413/415/400 otherwise."""
     ctype = _content_type(request)
+    # Parsing a body of up to --max-upload-mb is CPU work of tens of milliseconds (multipart boundaries,
+    # JSON, base64): it runs in the thread pool, so the event loop keeps answering other requests
+    # (/healthz among them) while large uploads arrive.
     if ctype == "multipart/form-data":
-        from starlette.formparsers import MultiPartException, MultiPartParser
-        from starlette.datastructures import UploadFile
-
         body = await _read_body(request, max_upload + BODY_SLACK, timeout)
-
-        async def once():
-            yield body
-
-        try:
-            form = await MultiPartParser(request.headers, once(), max_files=1, max_fields=20,
-                                         max_part_size=max_upload + BODY_SLACK).parse()
-        except MultiPartException as e:
-            raise ApiError(400, f"malformed multipart body: {e.message}", "bad_multipart") from None
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "the multipart body needs the image in a file field named 'file' "
-                                "(curl -F file=@image.png ...)", "invalid_params")
-        data = await upload.read()
-        params = {k: v for k, v in form.multi_items() if k != "file"}
-        await form.close()  # a part over 1 MiB was spooled to a temporary file: delete it now
+        data, params = await run_in_threadpool(_parse_multipart, request.headers, body, max_upload + BODY_SLACK)
     elif ctype == "application/json":
         body = await _read_body(request, max_upload * 4 // 3 + 4 + BODY_SLACK, timeout)
-        obj = _parse_json(body, "send {\"image\": \"<base64>\"}")
-        if not isinstance(obj, dict) or "image" not in obj:
-            raise ApiError(422, "the JSON body needs an \"image\" key holding the base64 image file", "invalid_params")
-        data = _b64decode(obj.pop("image"), "image")
-        params = obj
+        data, params = await run_in_threadpool(_parse_json_image, body)
     elif ctype.startswith("image/"):
         data = await _read_body(request, max_upload, timeout)
         params = {}
@@ -163,6 +144,43 @@ async def _image_and_params(request: Request, max_upload: int, timeout: float) -
         raise ApiError(413, f"image of {len(data)} bytes is over the limit of {max_upload} bytes "
                             "(start the server with a larger --max-upload-mb)", "too_large")
     return data, params
+
+
+def _parse_multipart(headers, body: bytes, max_part: int) -> tuple[bytes, dict[str, Any]]:
+    """``(image bytes, the other form fields)`` of a multipart body; 400/422 for a malformed one.
+
+    Called in a worker thread: Starlette's parser is async, so it gets an event loop of its own there.
+    """
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def parse() -> tuple[bytes, dict[str, Any]]:
+        async def once():
+            yield body
+
+        try:
+            form = await MultiPartParser(headers, once(), max_files=1, max_fields=20, max_part_size=max_part).parse()
+        except MultiPartException as e:
+            raise ApiError(400, f"malformed multipart body: {e.message}", "bad_multipart") from None
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(422, "the multipart body needs the image in a file field named 'file' "
+                                    "(curl -F file=@image.png ...)", "invalid_params")
+            return await upload.read(), {k: v for k, v in form.multi_items() if k != "file"}
+        finally:
+            await form.close()  # a part over 1 MiB was spooled to a temporary file: delete it now
+
+    return asyncio.run(parse())
+
+
+def _parse_json_image(body: bytes) -> tuple[bytes, dict[str, Any]]:
+    """``(image bytes, the other keys)`` of a JSON body ``{"image": base64, ...}``; 400/422 otherwise."""
+    obj = _parse_json(body, "send {\"image\": \"<base64>\"}")
+    if not isinstance(obj, dict) or "image" not in obj:
+        raise ApiError(422, "the JSON body needs an \"image\" key holding the base64 image file", "invalid_params")
+    data = _b64decode(obj.pop("image"), "image")
+    return data, obj
 
 
 def _merge_params(cls: type[Params], query: Params, extra: dict[str, Any]) -> Params:

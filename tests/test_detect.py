@@ -367,3 +367,13 @@ def test_defaults_fit_the_data_and_the_cpu_budget(monkeypatch, bf16):
     mine = detect.resolve_defaults(DetectConfig(data="x", epochs=3, lr=1e-3, batch_size=4), splits)[0]
     assert (mine.epochs, mine.lr, mine.batch_size, mine.budget) == (3, 1e-3, 4, "none")
     assert detect.resolve_defaults(DetectConfig(data="x", pretrained=True), splits)[0].model == "fasterrcnn-mobilenet"
+
+
+@pytest.mark.parametrize("name", ["fcos-s", "ssdlite"])
+def test_unknown_detector_options_are_refused_not_silently_dropped(name):
+    # torchvision's builders hand unknown keywords to GeneralizedRCNNTransform(**kwargs), which ignores them.
+    from recogen.models import create_model
+
+    with pytest.raises(ModelError, match=r"takes no option 'score_tresh'.*score_thresh"):
+        create_model(name, num_classes=3, in_chans=3, image_size=64, score_tresh=0.1)
+    assert create_model(name, num_classes=3, in_chans=3, image_size=64, score_thresh=0.1).score_thresh == 0.1

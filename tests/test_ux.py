@@ -47,6 +47,7 @@ TINY = ["--data", "digits", "--limit", "64", "--image-size", "16", "--model", "c
 
 # ------------------------------------------------------------------ A: bad --model-kwargs, every task
 @pytest.mark.parametrize("task, model, kwargs", [("detect", "fcos-s", '{"num_classes": 3}'),
+                                                  ("detect", "fcos-s", '{"bogus": 1}'),
                                                   ("segment", "unet", '{"bogus": 1}')])
 def test_bad_model_kwargs_of_detect_and_segment_is_one_line_and_writes_nothing(capsys, tmp_path, task, model, kwargs):
     out = tmp_path / "run"

@@ -86,6 +86,9 @@ def fcos_small(*, num_classes, in_chans=3, image_size=128, pretrained=False, wid
         raise ModelError(f"detectors take 3-channel images, got in_chans={in_chans}; use --channels 3")
     if fpn_channels % 32:
         raise ModelError(f"fcos-s fpn_channels must be a multiple of 32 (GroupNorm), got {fpn_channels}")
+    from .options import check_kwargs
+
+    check_kwargs("fcos-s", kw, fcos_small, FCOS)
     backbone = SmallBackboneFPN(width, depth, fpn_channels)
     # FCOS wants one anchor per location whose size equals the level's stride.
     anchors = AnchorGenerator(((8,), (16,), (32,)), ((1.0,),) * 3)

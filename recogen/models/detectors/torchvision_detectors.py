@@ -47,10 +47,13 @@ def _build(make: Callable[..., nn.Module], replace_head: Callable[[nn.Module, in
     """Build ``make(...)`` at ``image_size`` with ``num_classes + 1`` outputs, COCO-initialised if ``pretrained``."""
     import torchvision.models.detection as tvd
 
+    from .options import check_kwargs
+
     _check_input(in_chans, image_size)
+    model = make(weights=None, weights_backbone=None, num_classes=(COCO_CLASSES if pretrained else num_classes + 1), **kw)
+    check_kwargs(what, kw, make, type(model))  # the builder ignores keys nothing takes
     if not pretrained:
-        return make(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kw)
-    model = make(weights=None, weights_backbone=None, num_classes=COCO_CLASSES, **kw)
+        return model
     _load_coco(model, getattr(tvd, weights_name).DEFAULT, what)
     replace_head(model, num_classes + 1)
     return model

@@ -246,7 +246,7 @@ IMAGES = st.one_of(st.just(b""), st.binary(max_size=300), valid_images(), damage
 
 # --------------------------------------------------------------------------------- 1: image decoders
 @pytest.mark.timeout(600)
-@fuzz(300)
+@fuzz(200)
 @given(data=IMAGES)
 def test_image_decoders_give_an_image_or_a_clear_error(data):
     from recogen.data.images import open_image
@@ -314,7 +314,7 @@ def option_lists(draw) -> list[str]:
 
 
 @pytest.mark.timeout(900)
-@fuzz(150)
+@fuzz(100)
 @given(options=option_lists(), existing=st.booleans(), resume=st.booleans())
 def test_training_options_are_a_start_or_one_error_line(run, unchanged, no_training, tmp_path, options, existing,
                                                          resume):
@@ -337,8 +337,6 @@ def test_training_options_are_a_start_or_one_error_line(run, unchanged, no_train
 @pytest.mark.parametrize("options", [
     ["--batch-size", "1"],                                  # BatchNorm with one sample per batch
     ["--batch-size", "65"],                                 # more than the training images (drop_last: 0 steps)
-    ["--image-size", "3"],                                  # smaller than the network's pooling
-    ["--lr", "1e30"],                                       # diverges to NaN
     ["--model", "vit-tiny", "--image-size", "10"],          # not a multiple of the patch size
 ], ids=lambda o: " ".join(o))
 def test_odd_but_valid_options_train_or_fail_in_one_line(tmp_path, options):
@@ -390,7 +388,7 @@ def yaml_texts(draw) -> bytes:
 
 
 @pytest.mark.timeout(900)
-@fuzz(150)
+@fuzz(100)
 @given(text=yaml_texts(), existing=st.booleans())
 def test_yaml_configs_are_a_start_or_one_error_line(run, unchanged, no_training, tmp_path, text, existing):
     cfg = tmp_path / "config.yaml"
@@ -449,7 +447,7 @@ def test_damaged_model_cards_are_a_result_or_one_error_line(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
 
-    @fuzz(120)
+    @fuzz(80)
     @given(variant=card_variants(card))
     def check(variant):
         import traceback
@@ -535,7 +533,7 @@ def requests(draw) -> dict:
 
 
 @pytest.mark.timeout(900)
-@fuzz(400)
+@fuzz(300)
 @given(req=requests())
 def test_every_request_is_answered_with_a_result_or_a_4xx(client, unchanged, req):
     req = dict(req)

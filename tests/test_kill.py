@@ -27,7 +27,7 @@ import torch
 
 from conftest import ROOT
 
-EPOCHS = 5
+EPOCHS = 4
 SEED = 7  # the training seed
 ARGS = ["classify", "train", "--data", "digits", "--limit", "160", "--image-size", "16", "--model", "cnn-s",
         "--epochs", str(EPOCHS), "--batch-size", "16", "--precision", "32-true", "--accelerator", "cpu",

@@ -76,7 +76,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "lr": (lambda v: math.isfinite(v) and v > 0, "a positive finite number, e.g. 1e-3"),
     "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "patience": (lambda v: v >= 0, "a whole number >= 0"),
-    "seed": (lambda v: v >= 0, "a whole number >= 0"),
+    # below 2**32: the per-epoch reseeds (seed * 100003 + epoch) must stay inside torch's 64-bit seed
+    "seed": (lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295"),
     "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "accelerator": (lambda v: v in ACCELERATORS, "one of " + ", ".join(ACCELERATORS)),
     "devices": (lambda v: bool(re.fullmatch(r"auto|-1|[1-9]\d*|\d+,|\d+(,\d+)+,?", v)),
@@ -220,6 +221,10 @@ class GenerateConfig(TrainConfig):
 def from_dict(cls: type[C], d: dict[str, Any], source: str = "config") -> C:
     """Build ``cls`` from a dict; unknown keys raise ConfigError naming them and the valid keys."""
     names = {f.name for f in fields(cls)}
+    odd = [k for k in d if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{source}: keys must be option names, got {', '.join(map(repr, odd[:3]))}; "
+                          f"valid keys: {', '.join(sorted(names))}")
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {source}; valid keys: {', '.join(sorted(names))}")
@@ -234,7 +239,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        d = yaml.safe_load(p.read_text()) or {}
+        d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 text; save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{p} is nested too deeply to be a recogen config; a config is a flat mapping of option: value") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse {p}: {str(e).splitlines()[0]}") from None
     if not isinstance(d, dict):

@@ -82,40 +82,12 @@ def cli(*args) -> tuple[object, str, str, float]:
     return rc, out.getvalue(), err.getvalue(), time.perf_counter() - t0
 
 
-# Defects found by this fuzzing whose fix lies outside the service and recogen/data/images.py (see the
-# test_known_defect_* tests below, which reproduce each one and fail once it is fixed): id -> (a regex on
-# the traceback, a function or file name that must appear in it).
-KNOWN_DEFECTS = {
-    "model-kwargs-valueerror": (r"ValueError: dropout probability", "create_model"),
-    "model-kwargs-typeerror": (r"TypeError: '[<>]=?' not supported between", "create_model"),
-    "seed-overflow": (r"(ValueError|RuntimeError): Overflow when unpacking long", "seed"),
-    "devices-on-cpu": (r"`devices` selected with `CPUAccelerator`", "lightning"),
-    "yaml-not-utf8": (r"UnicodeDecodeError", "load_yaml"),
-    "yaml-non-string-keys": (r"TypeError: (sequence item \d+: expected str instance|'<' not supported)", "from_dict"),
-    "yaml-too-deep": (r"RecursionError", "load_yaml"),
-}
-seen_known: dict[str, int] = {}
-
-
-def known_defect(text: str) -> str | None:
-    import re
-
-    for name, (pattern, where) in KNOWN_DEFECTS.items():
-        if re.search(pattern, text) and where in text:
-            seen_known[name] = seen_known.get(name, 0) + 1
-            return name
-    return None
-
-
 def assert_clean(outcome, args) -> None:
-    """A result (exit 0 / training reached) or one ``error:`` line with exit 2; within :data:`HANG_S`.
-    A traceback of a :data:`KNOWN_DEFECTS` entry is tolerated (and counted)."""
+    """A result (exit 0 / training reached) or one ``error:`` line with exit 2; within :data:`HANG_S`."""
     rc, _, err, seconds = outcome
     shown = " ".join(map(repr, map(str, args)))
     assert seconds < HANG_S, f"recogen {shown} took {seconds:.1f} s"
     if rc in (0, "reached training"):
-        return
-    if rc == "traceback" and known_defect(err):
         return
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), \
@@ -464,7 +436,7 @@ def test_damaged_model_cards_are_a_result_or_one_error_line(run, tmp_path):
             except UserError:
                 pass
             except Exception:
-                assert known_defect(traceback.format_exc()), f"model.json {variant!r}:\n{traceback.format_exc()}"
+                pytest.fail(f"model.json {variant!r}:\n{traceback.format_exc()}")
         assert folder_hash(copy) == before
 
     check()
@@ -554,45 +526,42 @@ def test_every_request_is_answered_with_a_result_or_a_4xx(client, unchanged, req
         assert isinstance(err, str) and err and "\n" not in err and "Traceback" not in err, err
 
 
-# ------------------------------------------------------------------------- the defects found, pinned
-# Each reproduces one KNOWN_DEFECTS entry (fix outside this task's files); strict: once it is fixed the
-# test passes and pytest reports XPASS as a failure, so the entry and the xfail are removed.
-KNOWN_OPTIONS = {
+# ----------------------------------------------------------------- the defects this fuzzing found, kept fixed
+FOUND_OPTIONS = {
     "model-kwargs-valueerror": ["--model-kwargs", '{"dropout": 2}'],
     "model-kwargs-typeerror": ["--model-kwargs", '{"dropout": "x"}'],
     "seed-overflow": ["--seed", str(2**64)],
     "devices-on-cpu": ["--accelerator", "cpu", "--devices", "0,"],
 }
-KNOWN_YAML = {"yaml-not-utf8": b"\xff\xfeepochs: 1\n", "yaml-non-string-keys": b"1: 2\n", "yaml-too-deep": b"[" * 10000}
+FOUND_YAML = {"yaml-not-utf8": b"\xff\xfeepochs: 1\n", "yaml-non-string-keys": b"1: 2\n", "yaml-too-deep": b"[" * 10000}
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_OPTIONS) + sorted(KNOWN_YAML))
-@pytest.mark.xfail(strict=True, reason="a traceback instead of one error line; see KNOWN_DEFECTS")
-def test_known_defect_is_fixed(name, no_training, tmp_path):
+@pytest.mark.parametrize("name", sorted(FOUND_OPTIONS) + sorted(FOUND_YAML))
+def test_found_defect_is_one_error_line(name, no_training, tmp_path):
     args = ["classify", "train", "--data", "digits", "--limit", "64", "--image-size", "16", "--epochs", "1",
             "--no-progress", "--out", tmp_path / "r"]
-    if name in KNOWN_YAML:
-        (tmp_path / "c.yaml").write_bytes(KNOWN_YAML[name])
+    if name in FOUND_YAML:
+        (tmp_path / "c.yaml").write_bytes(FOUND_YAML[name])
         args += ["--config", tmp_path / "c.yaml"]
     else:
-        args += KNOWN_OPTIONS[name]
+        args += FOUND_OPTIONS[name]
     rc, _, err, _ = cli(*args)
-    assert rc != "traceback", err[-1500:]
+    assert rc == 2 and err.strip().startswith("error: ") and len(err.strip().splitlines()) == 1, err[-1500:]
+    assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="seed * 100003 + epoch overflows torch's 64-bit seed in the first epoch")
-def test_known_defect_a_large_seed_is_fixed(tmp_path):
-    """--seed 10**15 passes every check, loads the data, then fails in the first epoch: the per-epoch
-    reseeds (classify.py on_train_epoch_start, data/loaders.py) compute seed * 100003 + epoch > 2**64."""
+def test_a_seed_too_large_for_the_per_epoch_reseeds_is_refused_up_front(no_training, tmp_path):
+    """--seed 10**15 used to pass every check, load the data, then fail in the first epoch: the per-epoch
+    reseeds compute seed * 100003 + epoch > 2**64. Seeds are now below 2**32, checked with the config."""
     args = ["classify", "train", "--data", "digits", "--limit", "64", "--image-size", "16", "--epochs", "1",
             "--no-progress", "--seed", str(10**15), "--out", tmp_path / "r"]
     rc, _, err, _ = cli(*args)
-    assert rc != "traceback", err[-1500:]
+    assert rc == 2 and "--seed" in err and "4294967295" in err, err[-1500:]
+    rc, _, err, _ = cli(*args[:-4], "--seed", str(2**32 - 1), "--out", tmp_path / "ok")
+    assert rc == "reached training", err[-1500:]
 
 
-@pytest.mark.xfail(strict=True, reason="a card whose model_kwargs the constructor rejects with ValueError")
-def test_known_defect_card_model_kwargs_is_fixed(run, tmp_path):
+def test_a_card_whose_model_kwargs_the_model_refuses_is_one_error_line(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     card = json.loads((copy / "model.json").read_text())
@@ -600,7 +569,7 @@ def test_known_defect_card_model_kwargs_is_fixed(run, tmp_path):
     digit = tmp_path / "d.png"
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(digit)
     rc, _, err, _ = cli("classify", "predict", copy, digit)
-    assert rc != "traceback", err[-1500:]
+    assert rc == 2 and "model card is damaged" in err and len(err.strip().splitlines()) == 1, err[-1500:]
 
 
 def test_the_body_kinds_still_answer_alike(client, run, unchanged):

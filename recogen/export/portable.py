@@ -84,6 +84,10 @@ def read_card(path: str | Path) -> dict[str, Any]:
     return card
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200]
+
+
 def load_portable(path: str | Path, device: str = "cpu"):
     """Rebuild the network from its card and load its weights; returns ``(model.eval(), card)``.
 
@@ -105,8 +109,8 @@ def load_portable(path: str | Path, device: str = "cpu"):
             card["model"], num_classes=len(card["classes"]), in_chans=card["in_chans"],
             image_size=card["image_size"], **card.get("model_kwargs", {}),
         )
-    except TypeError as e:
-        raise RunError(f"{p} does not describe a model recogen can build ({e}); the model card is damaged") from None
+    except (TypeError, ValueError) as e:  # unknown keys, or values the constructor refuses
+        raise RunError(f"{p} does not describe a model recogen can build ({_one_line(e)}); the model card is damaged") from None
     try:
         sd = load_file(str(weights), device=device)
     except (SafetensorError, OSError, ValueError) as e:

@@ -94,6 +94,10 @@ def check_environment(cfg: TrainConfig) -> None:
     on_cpu = acc == "cpu" or (acc == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
     if on_cpu and cfg.precision in ("16-mixed", "16", "16-true"):
         raise ConfigError(f"--precision {cfg.precision} (float16) needs a GPU; on a CPU use bf16-mixed, 32-true or auto")
+    devices = str(cfg.devices)
+    if on_cpu and ("," in devices or devices == "-1"):
+        raise ConfigError(f"--devices {devices} names device indices, which only GPUs have; on a CPU use "
+                          "--devices N (N processes) or auto")
 
 
 def _has_run(out: Path) -> bool:
@@ -155,7 +159,17 @@ def prepare_run(cls: type[C], task: str, cfg: C) -> tuple[C, Path, Path | None]:
                           f"give --epochs {done} or more")
     resumed = dataclasses.replace(saved, resume=True, out=str(out), epochs=epochs, progress=cfg.progress)
     check_environment(resumed)
+    _remove_partial_writes(out)
     return resumed, out, last
+
+
+def _remove_partial_writes(run: Path) -> None:
+    """Delete the temporary files of atomic writes (``utils.atomic_write``: ``.NAME.XXXX.tmp``) that a
+    killed process left in ``run``: never read, they only take space (one can be a checkpoint's size)."""
+    for folder in (run, run / "checkpoints"):
+        for tmp in folder.glob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
 
 
 def create_model(name: str, model_kwargs: dict[str, Any], **kw: Any):
@@ -164,11 +178,14 @@ def create_model(name: str, model_kwargs: dict[str, Any], **kw: Any):
 
     try:
         return create(name, **kw, **model_kwargs)
-    except TypeError as e:
-        if "argument" not in str(e):
+    except (TypeError, ValueError) as e:
+        # An unknown key (TypeError "unexpected keyword argument") or a value the constructor refuses
+        # (e.g. {"dropout": 2}: ValueError; {"dropout": "x"}: TypeError from a comparison). Without
+        # --model-kwargs such an error is a bug of ours and stays a traceback.
+        if not model_kwargs:
             raise
         raise ConfigError(f"bad --model-kwargs {json.dumps(model_kwargs)} for model {name}: {_first_line(e)}; "
-                          "remove or rename the key(s)") from None
+                          "fix or remove the key(s)") from None
 
 
 def save_config(cfg: TrainConfig, run: Path) -> None:

@@ -163,7 +163,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     mod = _task(ns)
     kw = {k: getattr(ns, k) for k in PREDICT_OPTIONS[ns.command]}
     save = getattr(ns, "save", None)
-    results = mod.predict_files(ns.run, expand_inputs(ns.images), out_dir=save, backend=ns.backend, **kw)
+    files = _readable_images(expand_inputs(ns.images), ns.skip_bad_images)
+    results = mod.predict_files(ns.run, files, out_dir=save, backend=ns.backend, **kw)
     if ns.json:
         print(json.dumps(results, indent=2))
     else:
@@ -174,6 +175,29 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         if save:
             print(f"wrote {len(results)} result image(s) to {save}")
     return 0
+
+
+def _readable_images(files: list, skip: bool) -> list:
+    """``files`` whose images decode; an unreadable one stops predict naming it (before any model work),
+    or with ``--skip-bad-images`` is left out with one warning line and a count."""
+    from .data.images import open_image
+    from .errors import DataError
+
+    good, bad = [], []
+    for f in files:
+        try:
+            open_image(f)
+            good.append(f)
+        except DataError as e:
+            if not skip:
+                raise DataError(f"{e}; fix or remove it, or pass --skip-bad-images to predict the others") from None
+            bad.append(f)
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(map(str, bad[:3]))}"
+              f"{', ...' if len(bad) > 3 else ''}", file=sys.stderr)
+    if not good:
+        raise DataError(f"none of the {len(files)} image(s) could be read")
+    return good
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
@@ -365,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         pr.add_argument("--json", action="store_true", help="print results as JSON")
         for flag, kw in PREDICT_FLAGS[task]:
             pr.add_argument(flag, **kw)
+        pr.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out unreadable images (one warning with a count) instead of stopping")
         pr.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                         help="torch (default) or onnx: run RUN/model.onnx (made by `recogen export`) with onnxruntime")
         pr.set_defaults(func=cmd_predict)

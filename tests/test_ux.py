@@ -199,3 +199,28 @@ def test_data_convert_prints_images_and_objects_per_split(capsys, tmp_path):
 def test_an_unknown_option_points_at_the_subcommands_help(capsys):
     one_line(*cli(capsys, "classify", "train", "--bogus", "3")[::2], "--bogus", "`recogen classify train --help`")
     one_line(*cli(capsys, "detect", "predict", "run", "x.png", "--topk", "3")[::2], "`recogen detect predict --help`")
+
+
+# ------------------------------------------------------------------ predict over a folder with a bad file
+def test_predict_names_a_bad_image_and_skip_bad_images_predicts_the_others(tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("L", (16, 16), 0).save(folder / "a.png")
+    Image.new("L", (16, 16), 255).save(folder / "b.png")
+    (folder / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    rc, out, err = cli(capsys, "classify", "predict", tiny_run, folder)
+    one_line(rc, err, "c.png", "--skip-bad-images")
+    rc, out, err = cli(capsys, "classify", "predict", tiny_run, folder, "--skip-bad-images", "--json")
+    assert rc == 0 and "skipped 1 unreadable image" in err and "c.png" in err
+    assert sorted(Path(r["path"]).name for r in json.loads(out)) == ["a.png", "b.png"]
+
+
+def test_no_trained_model_names_the_path_once(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("L", (16, 16), 0).save(tmp_path / "x.png")
+    (tmp_path / "run").mkdir()
+    rc, _, err = cli(capsys, "classify", "predict", tmp_path / "run", tmp_path / "x.png")
+    assert rc == 2 and err.count(str(tmp_path / "run")) == 1 and "no model.json in it" in err, err

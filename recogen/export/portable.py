@@ -37,7 +37,8 @@ def find_card(path: str | Path) -> Path:
     elif p.suffix == ".safetensors":
         p = p.with_suffix(".json")
     if not p.is_file():
-        raise RunError(f"no trained model at {path} (expected {p}); train one first or point at a run folder")
+        where = f"{path}" if str(p) == str(path) else f"{path} (no {p.name} in it)" if Path(path).expanduser().is_dir() else f"{path} (expected {p})"
+        raise RunError(f"no trained model at {where}; train one first or point at a run folder")
     return p
 
 

@@ -50,7 +50,7 @@ def seed_cnn(*, num_classes, in_chans, image_size, pretrained=False, **kw):
     return SeedCNN(num_classes, in_chans, image_size, **kw)
 
 
-@register_model("seed-cnn-bn", task="classify", description="seed-cnn with BatchNorm: trains faster, default for small images")
+@register_model("seed-cnn-bn", task="classify", description="seed-cnn with BatchNorm: trains in fewer epochs")
 def seed_cnn_bn(*, num_classes, in_chans, image_size, pretrained=False, **kw):
     _no_pretrained("seed-cnn-bn", pretrained)
     return SeedCNN(num_classes, in_chans, image_size, norm=True, **kw)

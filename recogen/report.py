@@ -33,9 +33,11 @@ def _pyplot():
 
 
 def _save(fig, path) -> Path:
+    from .utils import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    # atomically: a process killed mid-write leaves the previous plot, never half a file
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png"))
     _pyplot().close(fig)
     return path
 
@@ -248,6 +250,8 @@ def write_report(run_dir, title: str | None = None) -> Path:
 
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    from .utils import atomic_write_text
+
     out = run_dir / "report.html"
-    out.write_text(page, encoding="utf-8")
+    atomic_write_text(out, page)
     return out

@@ -65,7 +65,7 @@ def check_writable_folder(folder: Path, flag: str = "--out", fix: str | None = N
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda t: Path(t).write_text(text))
+    atomic_write(path, lambda t: Path(t).write_text(text, encoding="utf-8"))
 
 
 def write_json(path: Path, obj: Any) -> None:

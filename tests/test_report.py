@@ -174,3 +174,30 @@ def test_write_report_corrupt_json_is_noted_not_fatal(tmp_path):
 def test_write_report_missing_folder(tmp_path):
     with pytest.raises(RunError):
         report.write_report(tmp_path / "nope")
+
+
+def test_a_crash_while_a_plot_is_written_keeps_the_previous_file(tmp_path):
+    """Plots and report.html are written atomically (issue 12: a kill during any write loses nothing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recogen import report
+
+    path = tmp_path / "plot.png"
+    path.write_bytes(b"the previous plot")
+    fig = plt.figure()
+
+    def half_then_die(target, **kw):
+        with open(target, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt  # what a signal does in the middle of the write
+
+    fig.savefig = half_then_die
+    with pytest.raises(KeyboardInterrupt):
+        report._save(fig, path)
+    assert path.read_bytes() == b"the previous plot"
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temporary file left either
+    fig2 = plt.figure()
+    assert report._save(fig2, path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a real PNG despite the .tmp name

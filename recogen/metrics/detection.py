@@ -113,8 +113,9 @@ def plot_pr_curves(pr_curves: dict[str, dict[str, list]], path: str | Path, per_
     if pr_curves:  # outside the axes: curves of a good model crowd the top right
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, ncol=2 if len(pr_curves) > 20 else 1,
                   title="class  AP@.5", frameon=False)
+    from ..utils import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     plt.close(fig)
     return path

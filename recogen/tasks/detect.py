@@ -468,9 +468,10 @@ def plot_detections(images: torch.Tensor, preds: list[list[dict[str, Any]]], tar
 
     drawn = [draw_detections(img, p, t) for img, p, t in zip(images, preds, targets)]
     grid = make_grid(torch.stack(drawn), nrow=4, padding=4, pad_value=255)
+    from ..utils import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    atomic_write(path, lambda tmp: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
     return path
 
 

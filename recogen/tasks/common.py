@@ -331,13 +331,18 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
     return cbs
 
 
+def _saved_epochs(last: Path) -> int | None:
+    """Epochs finished in the checkpoint ``last`` (None if it cannot be read): for messages only."""
+    try:
+        return load_checkpoint(last)["epoch"] + 1
+    except Exception:  # a damaged file: the message then names no epoch
+        return None
+
+
 def _nonfinite_message(run: Path, name: str, value: float, where: str) -> str:
     last = run / "checkpoints" / "last.ckpt"
     if last.is_file():
-        try:
-            done = torch.load(str(last), map_location="cpu", weights_only=True)["epoch"] + 1
-        except Exception:
-            done = None
+        done = _saved_epochs(last)
         good = f"the last good checkpoint is {last}" + (f" (epoch {done})" if done else "")
     else:
         good = f"no epoch had finished, so {run} holds no checkpoint"
@@ -548,10 +553,7 @@ def fit(trainer, module, train_dl, val_dl, ckpt: Path | None) -> None:
 def _interrupted_message(run: Path) -> str:
     last = run / "checkpoints" / "last.ckpt"
     if last.is_file():
-        try:
-            done = torch.load(str(last), map_location="cpu", weights_only=True)["epoch"] + 1
-        except Exception:
-            done = None
+        done = _saved_epochs(last)
         what = f"epoch {done} is saved" if done else "the last finished epoch is saved"
         return f"interrupted; {what} in {last} (continue with --resume --out {run})"
     return (f"interrupted before the first epoch finished: no checkpoint was saved in {run}; "

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, DataError, RunError
+from ..errors import ConfigError, DataError
 from ..utils import atomic_write
 
 
@@ -18,9 +18,7 @@ def load_generator(run: Any):
         return run
     from ..export.portable import read_card
 
-    card = read_card(run)
-    if card.get("task") != generate.TASK:
-        raise RunError(f"{run} holds a {card.get('task')} model; edit needs a run of `recogen generate train`")
+    read_card(run, generate.TASK, "; edit needs a run of `recogen generate train`")
     return generate.load(run)
 
 

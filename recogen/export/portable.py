@@ -74,13 +74,17 @@ def _check_card(card: Any, p: Path) -> None:
             raise bad("a 'normalize' std is 0")
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
-    """Read and check a model card."""
+def read_card(path: str | Path, task: str | None = None, wrong_task: str = "") -> dict[str, Any]:
+    """Read and check a model card. With ``task``, a card of another task is refused first (a
+    RunError ending in ``wrong_task``), before its other fields are checked: "this is a classifier"
+    helps more than "a field is missing" when the wrong run was named."""
     p = find_card(path)
     try:
         card = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunError(f"{p} is not valid JSON ({getattr(e, 'msg', e)}); the run folder is damaged") from None
+    if task is not None and isinstance(card, dict) and card.get("format") == CARD_FORMAT and card.get("task") != task:
+        raise RunError(f"{path} holds a {card.get('task')} model{wrong_task}")
     _check_card(card, p)
     return card
 

@@ -19,14 +19,34 @@ def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subpro
                           timeout=timeout, cwd=cwd or ROOT)
 
 
-def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    """A user mistake through the CLI: exit 2, one ``error:`` line naming each of ``needles``, no traceback."""
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
+def main_in_process(capsys, *args) -> tuple[int, str, str]:
+    """``recogen ARGS`` in this process (faster than :func:`run_cli`): (exit code, stdout, stderr)."""
+    from recogen.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line(rc: int, err: str, *needles: str) -> str:
+    """A user mistake through the CLI: exit 2, one ``error:`` line naming each of ``needles``, no
+    traceback; returns the line."""
+    assert rc == 2, (rc, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    assert "Traceback" not in err
     for n in needles:
         assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """:func:`assert_one_line` for a :func:`run_cli` result."""
+    assert_one_line(r.returncode, r.stderr, *needles)
 
 
 def tiny_options(out: Path, **over) -> dict:

@@ -18,28 +18,18 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import one_line_error, run_cli, tiny_options
-from recogen.cli import main
+from conftest import assert_one_line, main_in_process, one_line_error, run_cli, tiny_options
 from recogen.errors import ConfigError, DataError, RunError
 from recogen.tasks import classify
 
 
 def cli(capsys, *args) -> tuple[int, str]:
     """``recogen ARGS`` in this process (fast): (exit code, stderr)."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    return rc, capsys.readouterr().err
+    rc, _, err = main_in_process(capsys, *args)
+    return rc, err
 
 
-def one_line(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2, (rc, err[-2000:])
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
+one_line = assert_one_line
 
 
 @pytest.fixture

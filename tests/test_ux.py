@@ -16,30 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_options
-from recogen.cli import main
+from conftest import assert_one_line, main_in_process, tiny_options
 from recogen.errors import UserError
 from recogen.tasks import classify, common
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """``recogen ARGS`` in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line(rc: int, err: str, *needles: str) -> str:
-    assert rc == 2, (rc, err[-2000:])
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+cli = main_in_process  # (capsys, *args) -> (exit code, stdout, stderr)
+one_line = assert_one_line
 
 
 TINY = ["--data", "digits", "--limit", "64", "--image-size", "16", "--model", "cnn-s", "--batch-size", "32", "--seed", "0"]

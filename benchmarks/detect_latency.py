@@ -80,7 +80,7 @@ def make_run(folder: Path, size: int, seed: int = 0) -> Path:
     """A run folder with an untrained, seeded fasterrcnn-mobilenet at ``size`` px and a detect card."""
     import torch
 
-    from recogen.export.portable import save_portable
+    from recogen.artifact import save_portable
     from recogen.models import create_model
     from recogen.tasks.detect import _card
 
@@ -158,7 +158,7 @@ def main() -> None:
     date = time.strftime("%Y-%m-%d")
     with tempfile.TemporaryDirectory(prefix="detect_latency_") as tmp:
         if a.run:
-            from recogen.export.portable import read_card
+            from recogen.artifact import read_card
 
             card = read_card(a.run)
             configs = [(Path(a.run), card["model"], int(card["image_size"]), "trained")]

@@ -29,7 +29,7 @@ def load(path: Any, device: str = "cpu", backend: str = "torch"):
 
     ``backend="onnx"`` runs the run's ONNX export (``recogen export RUN``) with onnxruntime.
     """
-    from .export.portable import read_card
+    from .artifact import read_card
     from .tasks import get_task
 
     return get_task(read_card(path)["task"]).load(path, device=device, backend=backend)

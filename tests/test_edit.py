@@ -236,7 +236,7 @@ def test_same_seed_gives_identical_bytes(runs, real, tmp_path, family, op):
 # -------------------------------------------------------------------------------------- errors
 def test_user_mistakes_are_clear_errors(runs, real, tmp_path):
     from recogen import edit
-    from recogen.export.portable import CARD_FORMAT
+    from recogen.artifact import CARD_FORMAT
 
     img = tmp_path / "d.png"
     Image.fromarray(real.images[0, 0].numpy()).save(img)

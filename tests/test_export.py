@@ -70,7 +70,7 @@ def test_onnx_export_is_verified_and_the_batch_axis_is_dynamic(task, runs, expor
     import onnxruntime as ort
 
     from recogen.export.graphs import build_graph
-    from recogen.export.portable import load_portable
+    from recogen.artifact import load_portable
 
     r = exported[task]
     assert Path(r["path"]) == runs[task] / "model.onnx" and r["max_abs_diff"] < 1e-4
@@ -149,7 +149,7 @@ def test_a_stale_export_is_refused(runs, tmp_path):
 @pytest.mark.parametrize("task", TASKS)
 def test_torchscript_export_runs_like_eager(task, runs, tmp_path):
     from recogen.export.graphs import build_graph
-    from recogen.export.portable import load_portable
+    from recogen.artifact import load_portable
 
     r = export_model(runs[task], "torchscript", out=tmp_path / "net.pt")
     assert (tmp_path / "net.json").is_file()  # the card beside the file

@@ -16,7 +16,7 @@ def load_generator(run: Any):
 
     if isinstance(run, generate.Generator):
         return run
-    from ..export.portable import read_card
+    from ..artifact import read_card
 
     read_card(run, generate.TASK, "; edit needs a run of `recogen generate train`")
     return generate.load(run)

@@ -51,7 +51,7 @@ def _export_safetensors(model, out: Path) -> dict[str, Any]:
 def resolve_out(run: str | Path, fmt: str, out: str | Path | None) -> tuple[Path, Path]:
     """``(card path of the run, output file)``: default ``model<suffix>`` beside the run's card; a
     folder (an existing one, or a path without a suffix) gets ``model<suffix>`` inside it."""
-    from .portable import find_card
+    from ..artifact import find_card
 
     card_path = find_card(run)
     suffix = FORMATS[fmt]
@@ -74,7 +74,7 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     output is refused unless ``force``. Returns ``{"path", "card", "max_abs_diff", ...}``.
     """
     from ..utils import write_json
-    from .portable import load_portable, read_card
+    from ..artifact import load_portable, read_card
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -103,7 +103,7 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
 def load_backend(path: str | Path, device: str = "cpu", backend: str = "torch"):
     """``(network, card)`` for a predictor: the PyTorch model, or its ONNX export run by onnxruntime."""
     if backend == "torch":
-        from .portable import load_portable
+        from ..artifact import load_portable
 
         return load_portable(path, device)
     if backend == "onnx":

@@ -196,7 +196,7 @@ class OnnxDetector(nn.Module):
 
 def onnx_path(path: str | Path) -> Path:
     """The ONNX file of a run folder / model.json / model.onnx: beside the card, ``model.onnx``."""
-    from .portable import find_card
+    from ..artifact import find_card
 
     p = Path(path).expanduser()
     if p.suffix == ".onnx":
@@ -210,7 +210,7 @@ def load_onnx_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, d
     Needs an export made by ``recogen export RUN --format onnx``; does not make one (a predict must
     not write into the run folder, and an export takes seconds and may fail verification).
     """
-    from .portable import find_card, load_portable, read_card
+    from ..artifact import find_card, load_portable, read_card
 
     if device != "cpu":
         raise ModelError(f"the onnx backend runs on the CPU (onnxruntime); got device {device!r}, use --backend torch")

@@ -106,7 +106,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     import json
 
     from ..errors import ConfigError
-    from ..export.portable import read_card
+    from ..artifact import read_card
 
     if not 0 <= ns.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {ns.port}")

@@ -134,7 +134,7 @@ def load_models(runs: list[str | Path], backend: str = "torch", device: str = "c
     Generators have no export, so they always run with torch (their ``backend`` says so).
     """
     import recogen
-    from ..export.portable import read_card
+    from ..artifact import read_card
 
     if not runs:
         raise RunError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits)")

@@ -19,7 +19,7 @@ from ..data.loaders import TensorBatches
 from ..data.manifest import write_manifest
 from ..data.transforms import BatchAugment, get_preset
 from ..errors import ConfigError, DataError, RunError
-from ..export.portable import load_portable, read_card, save_portable
+from ..artifact import load_portable, read_card, save_portable
 from ..utils import seed_everything, write_json
 from . import common
 

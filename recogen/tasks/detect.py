@@ -21,7 +21,7 @@ from ..data.dense import DenseSet, DenseSplits, create_dense_dataset
 from ..data.images import expand_inputs, open_image
 from ..data.manifest import write_manifest
 from ..errors import ConfigError, DataError, RunError
-from ..export.portable import load_portable, read_card, save_portable
+from ..artifact import load_portable, read_card, save_portable
 from ..utils import seed_everything, write_json
 from . import common
 

@@ -22,7 +22,7 @@ from ..data.loaders import TensorBatches
 from ..data.manifest import write_manifest
 from ..data.transforms import BatchAugment, get_preset
 from ..errors import ConfigError, ModelError, RunError
-from ..export.portable import load_portable, save_portable
+from ..artifact import load_portable, save_portable
 from ..utils import atomic_write, seed_everything
 from . import common
 

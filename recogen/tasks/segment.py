@@ -23,7 +23,7 @@ from ..data.images import expand_inputs, open_image
 from ..data.loaders import TensorBatches
 from ..data.manifest import write_manifest
 from ..errors import ConfigError, DataError, RunError
-from ..export.portable import load_portable, read_card, save_portable
+from ..artifact import load_portable, read_card, save_portable
 from ..utils import atomic_write, seed_everything, write_json
 from . import common
 

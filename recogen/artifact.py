@@ -1,4 +1,4 @@
-"""The portable model: ``model.safetensors`` (weights) + ``model.json`` (the model card).
+"""The run artifact: ``model.safetensors`` (weights) + ``model.json`` (the model card) of a trained run.
 
 The card holds what is needed to rebuild and use the network without the training code's state:
 registry name and constructor kwargs, task, class names, input size and channels, normalisation.
@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import RunError
-from ..utils import atomic_write, write_json
+from . import __version__
+from .errors import RunError
+from .utils import atomic_write, write_json
 
 CARD_FORMAT = "recogen-model/1"
 
@@ -102,7 +102,7 @@ def load_portable(path: str | Path, device: str = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ..models import create_model
+    from .models import create_model
 
     p = find_card(path)
     card = read_card(p)

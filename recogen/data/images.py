@@ -1,4 +1,5 @@
-"""Reading user images for prediction: paths, folders, bytes, arrays, PIL images."""
+"""Image I/O, one place for every task: decode user images (paths, folders, bytes, arrays, PIL images),
+encode PNGs, fit a batch to a model card's input, and the class palette."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,3 +68,69 @@ def _open_verified_bytes(data: bytes):
         img.verify()
         img = Image.open(io.BytesIO(data))
     return img
+
+
+# ------------------------------------------------------------------------------------------ encode
+def _chw_uint8(img):
+    """A uint8 tensor (C, H, W) from a tensor (C, H, W) / (H, W) or a numpy array (H, W[, C])."""
+    import numpy as np
+    import torch
+
+    if not isinstance(img, torch.Tensor):
+        img = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+        img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+    elif img.ndim == 2:
+        img = img.unsqueeze(0)
+    if img.dtype != torch.uint8:
+        raise TypeError(f"PNG pixels must be uint8, got {img.dtype}")
+    return img.contiguous().cpu()
+
+
+def encode_png(img) -> bytes:
+    """PNG bytes of a uint8 image: tensor (C, H, W) or (H, W), numpy (H, W[, C]) or PIL image (a palette
+    image keeps its palette). Pillow encodes: torchvision's ``encode_png`` is deprecated since 0.29."""
+    import io
+
+    from PIL import Image
+
+    if not isinstance(img, Image.Image):
+        arr = _chw_uint8(img).permute(1, 2, 0).numpy()
+        img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(img, path: str | Path) -> Path:
+    """Write a uint8 image (see :func:`encode_png`) as a PNG file, atomically; returns the path."""
+    from ..utils import atomic_write
+
+    data = encode_png(img)
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return path
+
+
+# --------------------------------------------------------------------------------------------- fit
+def fit_to_card(images, card: dict):
+    """A uint8 batch (N, C, H, W) converted to the card's channels (``in_chans``) and resized to its
+    ``image_size``: what a trained model takes."""
+    from .base import convert_channels, resize_images
+
+    return resize_images(convert_channels(images, card.get("in_chans")), card["image_size"])
+
+
+def palette(n: int = 256):
+    """The PASCAL VOC colour map (n, 3) uint8: class 0 black, then well-separated colours."""
+    import numpy as np
+
+    out = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):  # spread the bits of the index over the high bits of r, g, b
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out[i] = (r, g, b)
+    return out

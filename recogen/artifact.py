@@ -17,8 +17,9 @@ from .utils import atomic_write, write_json
 CARD_FORMAT = "recogen-model/1"
 
 
-def save_portable(folder: Path, model, card: dict[str, Any]) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/model.json`` atomically; returns the card path."""
+def save_portable(folder: Path, model, card: dict[str, Any]) -> dict[str, Any]:
+    """Write ``folder/model.safetensors`` and ``folder/model.json`` atomically; returns the card as
+    ``read_card`` would read it back (JSON types), so the caller passes it down instead of re-reading."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -26,7 +27,7 @@ def save_portable(folder: Path, model, card: dict[str, Any]) -> Path:
     atomic_write(folder / "model.safetensors", lambda t: save_file(sd, t))
     full = {"format": CARD_FORMAT, "recogen_version": __version__, **card}
     write_json(folder / "model.json", full)
-    return folder / "model.json"
+    return json.loads(json.dumps(full))
 
 
 def find_card(path: str | Path) -> Path:

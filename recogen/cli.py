@@ -16,54 +16,6 @@ from typing import Any, Callable
 
 from .errors import UserError
 
-# Help for the training options; the options themselves come from the ClassifyConfig fields.
-TRAIN_HELP = {
-    "data": "data set, e.g. digits, shapes[:COUNT], cifar10, folder:PATH, coco:JSON, yolo:PATH, masks:PATH (see `recogen datasets`)",
-    "out": "run folder (default runs/<task>/<data>[N])",
-    "model": "registered model name (see `recogen models`), or auto",
-    "model_kwargs": "JSON of extra constructor arguments, e.g. '{\"dropout\": 0.2}'",
-    "pretrained": "start from the library's published weights (needs network or a filled cache)",
-    "weights": "start from a local weights file (.safetensors, .pt or Lightning .ckpt)",
-    "image_size": "resize images to this side in pixels (default: the data's own)",
-    "channels": "1 (grayscale) or 3 (RGB); default: the data's own",
-    "data_dir": "where downloadable data sets are stored",
-    "val_fraction": "fraction held out for validation when the data has no val split",
-    "test_fraction": "fraction held out for testing when the data has no test split",
-    "limit": "use at most this many training images",
-    "skip_bad_images": "skip unreadable images (with a warning and a count) instead of stopping",
-    "augment": "augmentation preset: none, light, strong or auto",
-    "epochs": "training epochs (default: chosen for the data size)",
-    "batch_size": "batch size (default: chosen for the data size)",
-    "lr": "peak learning rate (default: chosen for the model)",
-    "optimizer": "adamw or sgd",
-    "weight_decay": "weight decay",
-    "label_smoothing": "label smoothing of the cross-entropy loss",
-    "schedule": "learning-rate schedule: onecycle, cosine or none",
-    "patience": "stop early after this many epochs without a better validation score (default: on with a budget)",
-    "budget": "wall-clock budget of the run, e.g. 90s, 5m, 1h30m, or none; the epochs and LR schedule are planned "
-              "to end in it (default: the task's budget unless --epochs is given)",
-    "seed": "random seed (data split, initialisation, augmentation)",
-    "precision": "Lightning precision: 32-true, bf16-mixed, 16-mixed or auto",
-    "accelerator": "cpu, gpu, mps or auto",
-    "devices": "number of devices, or auto",
-    "channels_last": "use channels-last memory format (default: on for CNNs)",
-    "progress": "show the progress bar",
-    "synthetic": "RUN:N adds N images per class from a class-conditional `generate` run to the training split",
-    "resume": "continue the run in --out from its last checkpoint",
-    # generation (GenerateConfig)
-    "width": "base channel width of the generative network (default: per model)",
-    "latent_dim": "size of the latent vector z (vae, dcgan)",
-    "beta": "weight of the KL term of the VAE (beta-VAE; default 1)",
-    "loss": "generate: GAN loss nonsaturating, hinge or wgan-gp; segment: ce or ce+dice (cross-entropy plus soft Dice)",
-    "spectral_norm": "spectral normalisation in the GAN discriminator",
-    "ema": "decay of the EMA of the generator/UNet weights used for sampling (0 turns it off)",
-    "conditional": "class-conditional model (sample a class with `generate sample --class`)",
-    "steps": "sampling steps of ddpm (default 15)",
-    "sampler": "ddpm sampler: ddim (default) or dpm++ (DPM-Solver++ 2M, with thresholding)",
-    "guidance": "classifier-free guidance scale of a conditional ddpm (1 = none)",
-}
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
@@ -85,10 +37,12 @@ def _field_type(f: dataclasses.Field) -> Any:
 
 def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
     """One ``--kebab-case`` option per dataclass field; only options given on the command line override."""
+    from .config import OPTION_HELP
+
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         t = _field_type(f)
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": TRAIN_HELP.get(f.name)}
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": OPTION_HELP.get(f.name)}
         if t is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif t is dict or typing.get_origin(t) is dict:
@@ -107,33 +61,13 @@ def _json_dict(s: str) -> dict:
     return d
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def _options(ns: argparse.Namespace, exclude: tuple[str, ...] = ("func", "config", "command", "action")) -> dict[str, Any]:
     return {k: v for k, v in vars(ns).items() if k not in exclude}
 
 
 # ------------------------------------------------------------------------------------------ actions
-# Each task module (recogen.tasks.<task>) provides train, evaluate, print_metrics, predict_files and
-# format_prediction; the CLI only parses options and prints.
-TASK_CONFIGS = {"classify": "ClassifyConfig", "detect": "DetectConfig", "segment": "SegmentConfig",
-                "generate": "GenerateConfig"}
-TASK_HELP = {
-    "classify": "image classification: train, eval, predict",
-    "detect": "object detection: train, eval, predict",
-    "segment": "semantic segmentation: train, eval, predict",
-    "generate": "image generation (vae, dcgan, ddpm): train, sample, eval",
-}
-
-
+# Every task comes from its registered spec (recogen.tasks): its config, flags, evaluation, prediction
+# and printing. The CLI only parses options and prints what the spec formats.
 def _task(ns: argparse.Namespace):
     from .tasks import get_task
 
@@ -141,17 +75,19 @@ def _task(ns: argparse.Namespace):
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    _task(ns).train(ns.config, **_options(ns))
+    from .tasks.skeleton import train
+
+    train(_task(ns), ns.config, **_options(ns))
     return 0
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    mod = _task(ns)
-    m = mod.evaluate(ns.run, data=ns.data, split=ns.split, write=not ns.no_write)
+    task = _task(ns)
+    m = task.evaluate(ns.run, data=ns.data, split=ns.split, write=not ns.no_write)
     if ns.json:
         print(json.dumps({k: v for k, v in m.items() if k != "report_text"}, indent=2))
         return 0
-    mod.print_metrics(m)
+    print(task.format_metrics(m))
     if not ns.no_write:
         print(f"\nwrote metrics{'' if m['split'] == 'test' else '_' + m['split']}.json and plots to {ns.run}")
     return 0
@@ -160,18 +96,16 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_predict(ns: argparse.Namespace) -> int:
     from .data.images import expand_inputs
 
-    mod = _task(ns)
-    kw = {k: getattr(ns, k) for k in PREDICT_OPTIONS[ns.command]}
+    task = _task(ns)
+    kw = {f.dest: getattr(ns, f.dest) for f in task.predict_flags if f.dest != "save"}
     save = getattr(ns, "save", None)
     files = _readable_images(expand_inputs(ns.images), ns.skip_bad_images)
-    results = mod.predict_files(ns.run, files, out_dir=save, backend=ns.backend, **kw)
+    results = task.predict_files(ns.run, files, out_dir=save, backend=ns.backend, **kw)
     if ns.json:
         print(json.dumps(results, indent=2))
     else:
-        # A task may print several lines per image (detect: one per box).
-        lines = getattr(mod, "format_lines", lambda r: [mod.format_prediction(r)])
         for r in results:
-            print("\n".join(lines(r)))
+            print("\n".join(task.format_lines(r)))  # a task may print several lines per image
         if save:
             print(f"wrote {len(results)} result image(s) to {save}")
     return 0
@@ -219,17 +153,19 @@ def cmd_models(ns: argparse.Namespace) -> int:
     return 0
 
 
-# The tasks that train on each kind of data set.
-DATASET_KINDS = {"classification": ["classify", "generate"], "detection and segmentation": ["detect", "segment"]}
+# The kinds of data set (a task's spec names its data kind) and how `recogen datasets` titles them.
+DATA_KINDS = {"images": "classification", "dense": "detection and segmentation"}
 
 
 def cmd_datasets(ns: argparse.Namespace) -> int:
     from .data import list_datasets
     from .data.dense import list_dense_datasets
+    from .tasks import all_tasks
 
     kinds = {"classification": list_datasets(), "detection and segmentation": list_dense_datasets()}
+    users = {title: [t.name for t in all_tasks().values() if DATA_KINDS[t.data_kind] == title] for title in kinds}
     if ns.json:
-        print(json.dumps([{"name": name, "kind": kind, "tasks": DATASET_KINDS[kind], "description": desc}
+        print(json.dumps([{"name": name, "kind": kind, "tasks": users[kind], "description": desc}
                           for kind, rows in kinds.items() for name, desc in rows], indent=2))
         return 0
     for kind, rows in kinds.items():
@@ -261,88 +197,11 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _sampler_options(ns: argparse.Namespace) -> dict[str, Any]:
-    """The sampler flags given on the command line (the model's saved defaults fill the rest)."""
-    return {k: getattr(ns, k) for k in ("steps", "sampler", "guidance") if getattr(ns, k, None) is not None}
-
-
-def cmd_generate_sample(ns: argparse.Namespace) -> int:
-    from .tasks import generate
-
-    out = generate.sample(ns.run, n=ns.n, seed=ns.seed, class_=ns.class_, out=ns.out, **_sampler_options(ns))
-    print(f"wrote {ns.n} sample(s) to {out}")
-    return 0
-
-
-def cmd_generate_eval(ns: argparse.Namespace) -> int:
-    from .tasks import generate
-
-    m = generate.evaluate(ns.run, features=ns.features, features_weights=ns.features_weights, n=ns.n, seed=ns.seed,
-                          split=ns.split, write=not ns.no_write, **_sampler_options(ns))
-    if ns.json:
-        print(json.dumps(m, indent=2))
-    else:
-        generate.print_metrics(m)
-    return 0
-
-
-def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, help="sampling steps (ddpm; default: the model's)")
-    p.add_argument("--sampler", choices=["ddim", "dpm++"], help="ddpm sampler (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (conditional ddpm)")
-
-
-def _add_generate_actions(actions) -> None:
-    """`generate sample` and `generate eval` (generation has no predict)."""
-    sa = actions.add_parser("sample", help="draw samples: a PNG grid, or a folder of PNGs plus grid.png")
-    sa.add_argument("run", help="run folder or model.json")
-    sa.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sa.add_argument("--class", dest="class_", metavar="CLASS", help="class name or index (conditional models)")
-    sa.add_argument("--out", metavar="PATH", help="PATH.png: the grid; otherwise a folder (default RUN/samples_seedS.png)")
-    _add_sampler_flags(sa)
-    sa.set_defaults(func=cmd_generate_sample)
-
-    ev = actions.add_parser("eval", help="FID, KID, precision/recall against held-out real images, with the real-vs-real floor")
-    ev.add_argument("run", help="run folder")
-    ev.add_argument("--features", required=True, metavar="NAME[:ARG]",
-                    help="feature extractor: classifier:RUN (a recogen classifier run) or inception")
-    ev.add_argument("--features-weights", metavar="PATH", help="local weights file of the extractor (inception)")
-    ev.add_argument("--n", type=int, default=1000,
-                    help="generated images, and at most this many real ones (default 1000; fewer than 1000 real is warned about)")
-    ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ev.add_argument("--split", choices=["train", "val", "test"],
-                    help="real images to compare with (default: test, joined by val when test has fewer than --n; never train)")
-    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    ev.add_argument("--no-write", action="store_true", help="do not write metrics.json")
-    _add_sampler_flags(ev)
-    ev.set_defaults(func=cmd_generate_eval)
-
-
-# Tasks whose actions after `train` differ from eval + predict.
-TASK_ACTIONS: dict[str, Callable[[Any], None]] = {"generate": _add_generate_actions}
-
-
 def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(ns.out, progress=ns.progress)
     return 0
-
-
-PREDICT_FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "classify": [("--topk", {"type": _positive_int, "default": 5, "help": "how many labels to show (default 5)"})],
-    "detect": [
-        ("--conf", {"type": float, "default": 0.25, "help": "minimum score (default 0.25)"}),
-        ("--iou", {"type": float, "default": 0.45, "help": "IoU threshold of class-wise NMS (default 0.45)"}),
-        ("--max-det", {"type": _positive_int, "default": 100, "dest": "max_det", "help": "most boxes per image (default 100)"}),
-        ("--save", {"metavar": "DIR", "help": "write each image with its boxes drawn into DIR"}),
-    ],
-    "segment": [("--save", {"metavar": "DIR", "help": "write the class mask PNG and a colour overlay into DIR"})],
-}
-# The keyword arguments each task's predict_files takes from those flags (--save becomes out_dir).
-PREDICT_OPTIONS = {t: [kw.get("dest", f.lstrip("-").replace("-", "_")) for f, kw in flags if f != "--save"]
-                   for t, flags in PREDICT_FLAGS.items()}
 
 
 # Commands that live in their own package: module -> ``add_parser(sub, parser_class)``. Each module
@@ -358,21 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"recogen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
-    from . import config as config_mod
+    from .tasks import all_tasks
 
-    from .tasks import TASKS
-
-    for task in TASKS:
-        cfg_name = TASK_CONFIGS[task]
-        tp = sub.add_parser(task, help=TASK_HELP[task])
+    for task in all_tasks().values():
+        tp = sub.add_parser(task.name, help=task.help)
         actions = tp.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
 
         tr = actions.add_parser("train", help="train a model (every option has a data-aware default)")
         tr.add_argument("--config", metavar="YAML", help="read options from a YAML file; command-line options win")
-        _add_config_options(tr, getattr(config_mod, cfg_name))
+        _add_config_options(tr, task.config)
         tr.set_defaults(func=cmd_train, config=None)
-        if task in TASK_ACTIONS:
-            TASK_ACTIONS[task](actions)
+        if task.add_actions(actions, _Parser):
             continue
 
         ev = actions.add_parser("eval", help="metrics and plots of a run on its test split (or another)")
@@ -387,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         pr.add_argument("run", help="run folder or model.json")
         pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
         pr.add_argument("--json", action="store_true", help="print results as JSON")
-        for flag, kw in PREDICT_FLAGS[task]:
-            pr.add_argument(flag, **kw)
+        for f in task.predict_flags:
+            pr.add_argument(f.flag, **f.kwargs)
         pr.add_argument("--skip-bad-images", action="store_true",
                         help="leave out unreadable images (one warning with a count) instead of stopping")
         pr.add_argument("--backend", choices=["torch", "onnx"], default="torch",
@@ -404,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     mo = sub.add_parser("models", help="list registered models: name, task, description")
-    mo.add_argument("--task", choices=list(TASKS), help="only models of this task")
+    mo.add_argument("--task", choices=list(all_tasks()), help="only models of this task")
     mo.add_argument("--json", action="store_true", help="print [{name, task, description}, ...] as JSON")
     mo.set_defaults(func=cmd_models)
 

@@ -218,6 +218,54 @@ class GenerateConfig(TrainConfig):
     guidance: float | None = None
 
 
+# The command-line help of each config field (the CLI makes one --option per field).
+OPTION_HELP: dict[str, str] = {
+    "data": "data set, e.g. digits, shapes[:COUNT], cifar10, folder:PATH, coco:JSON, yolo:PATH, masks:PATH (see `recogen datasets`)",
+    "out": "run folder (default runs/<task>/<data>[N])",
+    "model": "registered model name (see `recogen models`), or auto",
+    "model_kwargs": "JSON of extra constructor arguments, e.g. '{\"dropout\": 0.2}'",
+    "pretrained": "start from the library's published weights (needs network or a filled cache)",
+    "weights": "start from a local weights file (.safetensors, .pt or Lightning .ckpt)",
+    "image_size": "resize images to this side in pixels (default: the data's own)",
+    "channels": "1 (grayscale) or 3 (RGB); default: the data's own",
+    "data_dir": "where downloadable data sets are stored",
+    "val_fraction": "fraction held out for validation when the data has no val split",
+    "test_fraction": "fraction held out for testing when the data has no test split",
+    "limit": "use at most this many training images",
+    "skip_bad_images": "skip unreadable images (with a warning and a count) instead of stopping",
+    "augment": "augmentation preset: none, light, strong or auto",
+    "epochs": "training epochs (default: chosen for the data size)",
+    "batch_size": "batch size (default: chosen for the data size)",
+    "lr": "peak learning rate (default: chosen for the model)",
+    "optimizer": "adamw or sgd",
+    "weight_decay": "weight decay",
+    "label_smoothing": "label smoothing of the cross-entropy loss",
+    "schedule": "learning-rate schedule: onecycle, cosine or none",
+    "patience": "stop early after this many epochs without a better validation score (default: on with a budget)",
+    "budget": "wall-clock budget of the run, e.g. 90s, 5m, 1h30m, or none; the epochs and LR schedule are planned "
+              "to end in it (default: the task's budget unless --epochs is given)",
+    "seed": "random seed (data split, initialisation, augmentation)",
+    "precision": "Lightning precision: 32-true, bf16-mixed, 16-mixed or auto",
+    "accelerator": "cpu, gpu, mps or auto",
+    "devices": "number of devices, or auto",
+    "channels_last": "use channels-last memory format (default: on for CNNs)",
+    "progress": "show the progress bar",
+    "synthetic": "RUN:N adds N images per class from a class-conditional `generate` run to the training split",
+    "resume": "continue the run in --out from its last checkpoint",
+    # generation (GenerateConfig)
+    "width": "base channel width of the generative network (default: per model)",
+    "latent_dim": "size of the latent vector z (vae, dcgan)",
+    "beta": "weight of the KL term of the VAE (beta-VAE; default 1)",
+    "loss": "generate: GAN loss nonsaturating, hinge or wgan-gp; segment: ce or ce+dice (cross-entropy plus soft Dice)",
+    "spectral_norm": "spectral normalisation in the GAN discriminator",
+    "ema": "decay of the EMA of the generator/UNet weights used for sampling (0 turns it off)",
+    "conditional": "class-conditional model (sample a class with `generate sample --class`)",
+    "steps": "sampling steps of ddpm (default 15)",
+    "sampler": "ddpm sampler: ddim (default) or dpm++ (DPM-Solver++ 2M, with thresholding)",
+    "guidance": "classifier-free guidance scale of a conditional ddpm (1 = none)",
+}
+
+
 def from_dict(cls: type[C], d: dict[str, Any], source: str = "config") -> C:
     """Build ``cls`` from a dict; unknown keys raise ConfigError naming them and the valid keys."""
     names = {f.name for f in fields(cls)}

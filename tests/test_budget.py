@@ -11,7 +11,7 @@ import yaml
 from conftest import one_line_error, run_cli, tiny_options
 from recogen.config import ClassifyConfig, DetectConfig, GenerateConfig, SegmentConfig
 from recogen.errors import ConfigError
-from recogen.tasks import budget, classify, common
+from recogen.tasks import budget, classify, runs, trainer
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -48,7 +48,7 @@ class _FakeTrainer:
         self.num_training_batches = steps_per_epoch
         self.current_epoch = 0
         self.should_stop = False
-        sched = common.make_scheduler(opt, "onecycle", 0.1, max_epochs * steps_per_epoch)
+        sched = trainer.make_scheduler(opt, "onecycle", 0.1, max_epochs * steps_per_epoch)
         self.lr_scheduler_configs = [types.SimpleNamespace(scheduler=sched)]
 
     @property
@@ -86,7 +86,7 @@ def test_budget_plans_the_epochs_that_fit_and_the_schedule_ends_there(monkeypatc
     # From the re-plan on, the LR is exactly a one-cycle schedule of the new length: it peaks and
     # anneals to (almost) zero at the new last step.
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    ref = common.make_scheduler(opt, "onecycle", 0.1, 100)
+    ref = trainer.make_scheduler(opt, "onecycle", 0.1, 100)
     want = []
     for _ in range(100):
         opt.step()
@@ -112,23 +112,23 @@ def test_budget_replans_from_later_epochs_and_stops_when_the_machine_slows(monke
 # ------------------------------------------------------------------------------ the defaults policy
 def _fake_cpu(monkeypatch, bf16: bool) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(common, "bf16_supported", lambda: bf16)
+    monkeypatch.setattr(trainer, "bf16_supported", lambda: bf16)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_auto_precision_follows_the_cpu(monkeypatch, bf16):
     _fake_cpu(monkeypatch, bf16)
-    assert common.auto_precision() == ("bf16-mixed" if bf16 else "32-true")
+    assert trainer.auto_precision() == ("bf16-mixed" if bf16 else "32-true")
 
 
 def test_budget_auto_is_the_task_default_unless_epochs_are_given():
     why: list[str] = []
     cfg = ClassifyConfig()
-    assert common.resolve_budget(cfg, "10m", why) == 600 and cfg.budget == "10m" and "budget 10m" in why[0]
+    assert runs.resolve_budget(cfg, "10m", why) == 600 and cfg.budget == "10m" and "budget 10m" in why[0]
     exact = ClassifyConfig(epochs=3)
-    assert common.resolve_budget(exact, "10m", []) is None and exact.budget == "none"
+    assert runs.resolve_budget(exact, "10m", []) is None and exact.budget == "none"
     both = ClassifyConfig(epochs=3, budget="90s")  # an explicit budget caps explicit epochs
-    assert common.resolve_budget(both, "10m", []) == 90 and both.budget == "1m30s"
+    assert runs.resolve_budget(both, "10m", []) == 90 and both.budget == "1m30s"
 
 
 def test_classify_epochs_scale_with_the_data():

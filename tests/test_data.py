@@ -9,7 +9,7 @@ import torch
 
 from recogen.data import DataOptions, create_dataset
 from recogen.data.base import ImageSet, stratified_split
-from recogen.data.loaders import TensorBatches
+from recogen.data.batches import TensorBatches
 from recogen.data.transforms import PRESETS, AugmentPreset, BatchAugment, to_v2
 from recogen.errors import ConfigError, DataError, OfflineError
 

@@ -114,12 +114,12 @@ def unchanged(run):
 def no_training(monkeypatch):
     """Stop each accepted training command where ``trainer.fit`` would start (data, model and config are
     all built and checked by then): the fuzzed options are tested, not the time of a training run."""
-    from recogen.tasks import common
+    from recogen.tasks import trainer
 
     def fit(*args, **kwargs):
         raise Reached
 
-    monkeypatch.setattr(common, "fit", fit)
+    monkeypatch.setattr(trainer, "fit", fit)
 
 
 # ------------------------------------------------------------------------------------ image strategies

@@ -110,7 +110,7 @@ def _cli(*args) -> tuple[int, str, str]:
 def _assert_usable(run: Path, note: str) -> None:
     """What a user can do with a killed run: its checkpoint and config read; eval works where the model was
     published, else is one ``error:`` line (then --resume is the way on, checked by the next step)."""
-    from recogen.tasks.common import load_checkpoint
+    from recogen.tasks.runs import load_checkpoint
 
     last = run / "checkpoints" / "last.ckpt"
     if last.is_file():

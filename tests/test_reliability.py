@@ -86,7 +86,7 @@ def test_resume_refuses_a_planted_pickle_even_with_TORCH_FORCE_NO_WEIGHTS_ONLY_L
 
 
 def test_lightning_loads_checkpoints_weights_only_whatever_the_environment(tmp_path, monkeypatch):
-    from recogen.tasks.common import _atomic_checkpoint_io
+    from recogen.tasks.callbacks import _atomic_checkpoint_io
 
     marker = tmp_path / "pwned"
     path = tmp_path / "x.ckpt"
@@ -136,7 +136,7 @@ def test_a_gpu_that_is_not_there_is_one_line(tmp_path, capsys):
 
 def test_yaml_values_are_typed_and_checked(tmp_path, capsys):
     from recogen.config import ClassifyConfig
-    from recogen.tasks.common import make_config
+    from recogen.tasks.runs import make_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text('epochs: "many"\n')

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import assert_one_line, main_in_process, tiny_options
 from recogen.errors import UserError
-from recogen.tasks import classify, common
+from recogen.tasks import callbacks, classify
 
 
 cli = main_in_process  # (capsys, *args) -> (exit code, stdout, stderr)
@@ -43,7 +43,7 @@ def test_bad_model_kwargs_of_detect_and_segment_is_one_line_and_writes_nothing(c
 
 # ------------------------------------------------------------------------------ B: non-finite loss
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys, caplog, monkeypatch):
-    pl = common.lightning()
+    pl = callbacks.lightning()
     # As a Python program that did not ask for log output: the epoch lines are logged, not printed.
     monkeypatch.setattr(logging.getLogger("recogen"), "handlers", [])
     caplog.set_level(logging.INFO, logger="recogen.train")

@@ -1,0 +1,97 @@
+"""Batches straight from in-memory data sets, for every task (no per-image Python, no worker processes).
+
+One seeded order for all: shuffling is seeded by ``(seed, epoch)``, so an epoch sees the same order
+whether or not the run was interrupted and resumed before it. Conversion to float, augmentation and
+normalisation happen after a batch reaches the device (in the task's LightningModule).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import DataError
+
+
+class Batches:
+    """Seeded batches of indices into a data set of ``len(ds)`` items; subclasses say what a batch holds."""
+
+    def __init__(self, ds: Any, batch_size: int, *, shuffle: bool = False, drop_last: bool = False, seed: int = 0):
+        self.ds, self.batch_size, self.shuffle, self.drop_last, self.seed = ds, batch_size, shuffle, drop_last, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.ds)
+        return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        n = len(self.ds)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(n)
+        for i in range(len(self)):
+            yield self.batch(order[i * self.batch_size : (i + 1) * self.batch_size])
+
+    def batch(self, idx: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+
+class TensorBatches(Batches):
+    """``(uint8 images, labels)`` batches of an :class:`~recogen.data.base.ImageSet`."""
+
+    def batch(self, idx):
+        return self.ds.images[idx], self.ds.labels[idx]
+
+
+class DenseBatches(Batches):
+    """``(uint8 images (B,C,H,W), [{"boxes", "labels"}], masks (B,H,W) | None)`` of a DenseSet (labels
+    0..K-1). Masks (for box-tight augmentation) come along when asked for and the set has them."""
+
+    def __init__(self, ds: Any, batch_size: int, *, masks: bool = False, **kw: Any):
+        super().__init__(ds, batch_size, **kw)
+        self.masks = masks and ds.masks is not None
+
+    def batch(self, idx):
+        targets = [{"boxes": self.ds.boxes[j], "labels": self.ds.labels[j]} for j in idx.tolist()]
+        return self.ds.images[idx], targets, self.ds.masks[idx] if self.masks else None
+
+
+class MaskBatches(Batches):
+    """``(uint8 images (B,C,H,W), uint8 class masks (B,H,W))`` of a DenseSet with masks."""
+
+    def __init__(self, ds: Any, batch_size: int, **kw: Any):
+        if ds.masks is None:
+            raise DataError("this data set has no masks; segmentation needs masks:PATH, coco: with segmentations, or shapes")
+        super().__init__(ds, batch_size, **kw)
+
+    def batch(self, idx):
+        return self.ds.images[idx], self.ds.masks[idx]
+
+
+class EpochSeeded:
+    """Training batches that Lightning re-seeds each epoch through the ``sampler.set_epoch`` protocol.
+
+    Only training batches are wrapped: Lightning inspects a validation loader that has a ``sampler``
+    as if it were a DataLoader.
+    """
+
+    def __init__(self, batches: Batches):
+        self.batches = batches
+
+    @property
+    def sampler(self):
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.epoch = epoch
+
+    @property
+    def epoch(self) -> int:
+        return self.batches.epoch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)

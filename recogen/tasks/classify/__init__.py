@@ -1,0 +1,121 @@
+"""Image classification: the task spec (registered as "classify") and its public functions.
+
+Heavy parts load on first use: ``recipe`` (defaults), ``module`` (LightningModule), ``predict``
+(evaluation and the :class:`Classifier`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from ...config import ClassifyConfig
+from .. import register_task
+from ..spec import Flag, Task, lazy_attr, positive_int
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    help = "image classification: train, eval, predict"
+    noun = "classifier"
+    config = ClassifyConfig
+    monitor = "val_acc"
+    headline = "accuracy"
+    reserve_s = 2.0
+    predict_flags = (Flag("--topk", {"type": positive_int, "default": 5, "help": "how many labels to show (default 5)"}),)
+    predictor = "recogen.tasks.classify.predict:Classifier"
+
+    def load_data(self, cfg):
+        splits = super().load_data(cfg)
+        if cfg.synthetic:
+            from ...data.synthetic import add_synthetic
+
+            splits, note = add_synthetic(splits, cfg.synthetic, seed=cfg.seed)
+            splits.notes.append(note)
+        return splits
+
+    def resolve_defaults(self, cfg, splits):
+        from .recipe import resolve_defaults
+
+        return resolve_defaults(cfg, splits)
+
+    def build_module(self, model, cfg, splits, train_batches):
+        from .module import ClassifierModule
+
+        mean, std = splits.mean_std()
+        return ClassifierModule(model, cfg, len(splits.classes), mean, std, splits.hflip_ok)
+
+    def card(self, cfg, model, splits):
+        return {**super().card(cfg, model, splits), "hflip_ok": splits.hflip_ok}
+
+    def evaluate_model(self, model, card, ds, run, split, data, has_test=None):
+        from .predict import evaluate_model
+
+        return evaluate_model(model, card, ds, run, split, data, has_test)
+
+    def format_metrics(self, m):
+        from ...metrics.classification import confusion_text
+
+        top5 = f", top-5 {m['top5_accuracy']:.4f}" if m["top5_accuracy"] is not None else ""
+        head = (f"{m['data']} {m['split']}: {m['num_images']} images, accuracy {m['accuracy']:.4f}{top5}, "
+                f"macro F1 {m['macro_f1']:.4f}\n")
+        parts = [head] + ([m["report_text"]] if "report_text" in m else [])
+        return "\n".join(parts + [confusion_text(m["confusion_matrix"], list(m["per_class"]))])
+
+    def format_lines(self, r):
+        alts = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["topk"][1:])
+        return [f"{r['path']}: {r['label']} ({r['prob']:.3f})" + (f"  [{alts}]" if alts else "")]
+
+    def params_model(self):
+        from .predict import ClassifyParams
+
+        return ClassifyParams
+
+    def serve_prepare(self, predictor, image):
+        # Convert and resize outside the model's lock; predict then skips that step.
+        return predictor.prepared(preprocess=predictor.preprocess([image])), image
+
+    def serve_response(self, predictor, image, params):
+        return predictor.predict(image, topk=params.topk)
+
+
+TASK = register_task(ClassifyTask)
+
+
+# ---------------------------------------------------------------------------- the public functions
+def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: Iterable | None = None,
+          **options: Any) -> Path:
+    """Train a classifier and return its run folder.
+
+    The folder gets ``config.yaml`` (resolved), ``checkpoints/{best,last}.ckpt``, ``tensorboard/``,
+    ``history.json``, ``model.safetensors`` + ``model.json``, the test-split ``metrics.json`` +
+    ``confusion_matrix.png`` and ``report.html``.
+
+    >>> run = train(data="digits", epochs=3, out="runs/classify/digits")
+    """
+    from ..skeleton import train as run_skeleton
+
+    return run_skeleton(TASK, config, callbacks, **options)
+
+
+def evaluate(run: str | Path, data: str | None = None, split: str | None = None, write: bool = True,
+             device: str = "cpu") -> dict[str, Any]:
+    """Accuracy, top-5, macro F1, per-class report and confusion matrix of a run on a split of its data
+    (test, else val) or of another data set with the same class folders. Writes ``metrics.json``
+    (``metrics_<split>.json`` for other splits) and ``confusion_matrix.png`` when ``write``."""
+    return TASK.evaluate(run, data=data, split=split, write=write, device=device)
+
+
+def load(path: str | Path, device: str = "cpu", backend: str = "torch"):
+    """Load a trained :class:`Classifier` from a run folder or a ``model.json`` (``backend="onnx"``:
+    its ONNX export, run with onnxruntime)."""
+    return TASK.load(path, device, backend)
+
+
+def predict_files(run: str | Path, files: Iterable[str | Path], out_dir: str | Path | None = None, device: str = "cpu",
+                  topk: int = 5, backend: str = "torch") -> list[dict[str, Any]]:
+    """Predict image files (the CLI's ``predict``); JSON-able results. Nothing is written: ``out_dir`` is unused."""
+    return TASK.predict_files(run, files, out_dir, device=device, backend=backend, topk=topk)
+
+
+def __getattr__(name: str) -> Any:  # the heavy modules load on first use of one of their names
+    return lazy_attr(__name__, ("recipe", "module", "predict"), name)

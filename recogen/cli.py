@@ -75,9 +75,7 @@ def _task(ns: argparse.Namespace):
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from .tasks.skeleton import train
-
-    train(_task(ns), ns.config, **_options(ns))
+    _task(ns).train(ns.config, **_options(ns))
     return 0
 
 

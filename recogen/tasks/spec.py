@@ -70,6 +70,12 @@ class Task:
     predictor: ClassVar[str] = ""  # "module:Class" of the task's Predictor, imported when first used
     parts: ClassVar[tuple[str, ...]] = ()  # the task's heavy modules, searched by :func:`lazy_attr`
 
+    def train(self, config: Any = None, callbacks: Iterable | None = None, **options: Any) -> Path:
+        """Train this task (the skeleton, ``tasks/skeleton.py``); returns the run folder."""
+        from .skeleton import train
+
+        return train(self, config, callbacks, **options)
+
     # ------------------------------------------------------------------------------ training hooks
     def prepare_config(self, cfg: TrainConfig) -> TrainConfig:
         """The config before any data is loaded (e.g. a fixed channel count); by default unchanged."""

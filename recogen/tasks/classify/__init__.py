@@ -92,9 +92,7 @@ def train(config: ClassifyConfig | dict | str | Path | None = None, callbacks: I
 
     >>> run = train(data="digits", epochs=3, out="runs/classify/digits")
     """
-    from ..skeleton import train as run_skeleton
-
-    return run_skeleton(TASK, config, callbacks, **options)
+    return TASK.train(config, callbacks, **options)
 
 
 def evaluate(run: str | Path, data: str | None = None, split: str | None = None, write: bool = True,

@@ -67,7 +67,7 @@ class Task:
     headline: ClassVar[str] = ""  # the metric named in the one-line summary after training
     reserve_s: ClassVar[float] = 2.0  # seconds a budgeted run keeps after training (saving, plots)
     predict_flags: ClassVar[tuple[Flag, ...]] = ()
-    predictor: ClassVar[str] = ""  # "module:Class" of the task's Predictor, imported when first used
+    predictor: ClassVar[Any] = ""  # the task's Predictor class, or "module:Class" to import it when first used
     parts: ClassVar[tuple[str, ...]] = ()  # the task's heavy modules, searched by :func:`lazy_attr`
 
     def train(self, config: Any = None, callbacks: Iterable | None = None, **options: Any) -> Path:
@@ -179,6 +179,8 @@ class Task:
     # ------------------------------------------------------------------------------------ prediction
     def predictor_class(self) -> type:
         """The task's :class:`~recogen.tasks.predictor.Predictor` subclass (imported on first use)."""
+        if isinstance(self.predictor, type):
+            return self.predictor
         mod, _, attr = self.predictor.partition(":")
         return getattr(importlib.import_module(mod), attr)
 

@@ -437,7 +437,7 @@ def test_convert_refuses_and_leaves_nothing_on_failure(tmp_path, scenes, monkeyp
     with pytest.raises(DataError, match="cannot convert from 'masks'"):
         convert(f"masks:{src}", "coco", tmp_path / "new")
 
-    import recogen.data.formats as formats
+    from recogen.data.formats import writers
 
     real, calls = shutil.copyfile, []
 
@@ -447,7 +447,7 @@ def test_convert_refuses_and_leaves_nothing_on_failure(tmp_path, scenes, monkeyp
             raise OSError("disk full")
         return real(a, b)
 
-    monkeypatch.setattr(formats.shutil, "copyfile", flaky)
+    monkeypatch.setattr(writers.shutil, "copyfile", flaky)
     with pytest.raises(OSError, match="disk full"):
         convert(f"yolo:{src}", "coco", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -1,7 +1,6 @@
-"""Plots and a self-contained HTML report for a run folder.
+"""A self-contained HTML report for a run folder (the plots it embeds are drawn by :mod:`recogen.plots`).
 
-matplotlib (and never torch) is imported inside the functions: importing this module stays cheap,
-and the Agg backend is forced before pyplot so nothing ever tries to open a window.
+Importing this module imports neither matplotlib nor torch: that happens only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -9,161 +8,14 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
-
-import numpy as np
 
 from recogen.errors import RunError
 
-_DPI = 120
-_MAX_CELL_TEXT = 20  # above this many classes the numbers are unreadable and only add clutter
+# Names of the plots that once lived here, kept for code that imports them from this module.
+from .plots import _is_number, plot_confusion_matrix, plot_history, plot_image_grid  # noqa: F401
+
 _PERCENT_SUFFIXES = ("accuracy", "f1", "precision", "recall")
-# Numeric history keys that are not quality metrics even when their values lie in [0, 1].
-_NOT_METRICS = ("epoch", "step", "lr", "time_s")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> Path:
-    from .utils import atomic_write
-
-    path = Path(path)
-    # atomically: a process killed mid-write leaves the previous plot, never half a file
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png"))
-    _pyplot().close(fig)
-    return path
-
-
-def _confusion_figure(cm, classes: list[str], normalize: bool = True, title: str = "Confusion matrix"):
-    """Build (without saving) the confusion-matrix figure; split out so tests can inspect its texts."""
-    plt = _pyplot()
-    cm = np.asarray(cm)
-    k = cm.shape[0]
-    if cm.shape != (k, k) or len(classes) != k:
-        raise ValueError(f"confusion matrix of shape {cm.shape} does not match {len(classes)} classes")
-    if normalize:
-        rows = cm.sum(axis=1, keepdims=True)
-        colours = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    else:
-        colours = cm.astype(float)
-
-    side = min(max(5.0, 0.3 * k + 2.0), 32.0)  # ~0.3 inch per class keeps 100 labels legible
-    fontsize = max(4.0, min(10.0, 220.0 / max(k, 1)))
-    fig, ax = plt.subplots(figsize=(side + 1.0, side))
-    image = ax.imshow(colours, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="row fraction" if normalize else "count")
-    ax.set_title(title)
-    ax.set_xlabel("Predicted")
-    ax.set_ylabel("True")
-    ax.set_xticks(range(k), labels=classes, rotation=90, fontsize=fontsize)
-    ax.set_yticks(range(k), labels=classes, fontsize=fontsize)
-    if k <= _MAX_CELL_TEXT:
-        threshold = colours.max() / 2.0 if colours.size else 0.0
-        for i in range(k):
-            for j in range(k):
-                colour = "white" if colours[i, j] > threshold else "black"
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=colour, fontsize=fontsize)
-    return fig
-
-
-def plot_confusion_matrix(cm, classes: list[str], path, normalize: bool = True,
-                          title: str = "Confusion matrix") -> Path:
-    """Save a confusion-matrix heat map as PNG and return its path.
-
-    ``cm`` is a K x K count array (rows = true class, columns = predicted). Colours are row-normalised
-    when ``normalize`` (so rare classes are as visible as common ones); raw counts are written in the
-    cells for K <= 20. The figure grows with K and stays readable up to about 100 classes.
-    """
-    return _save(_confusion_figure(cm, classes, normalize, title), path)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def plot_history(history: list[dict], path) -> Path | None:
-    """Plot training curves from per-epoch dicts and save them as PNG; return the path.
-
-    Keys containing "loss" go on the left panel; every other numeric key whose values all lie in
-    [0, 1] (val_acc, val_top5, ...) goes on the right panel; lr, epoch and timings are ignored.
-    Missing or None values leave gaps. Returns None (and writes nothing) when there is nothing to plot.
-    """
-    fig = _history_figure(history)
-    return None if fig is None else _save(fig, path)
-
-
-def _history_figure(history: list[dict]):
-    """Build (without saving) the training-curves figure, or None; split out so tests can inspect it."""
-    if not history:
-        return None
-    epochs = [row["epoch"] if _is_number(row.get("epoch")) else i for i, row in enumerate(history)]
-    keys = dict.fromkeys(k for row in history for k, v in row.items() if _is_number(v))
-    series = {k: np.array([row[k] if _is_number(row.get(k)) else np.nan for row in history], dtype=float)
-              for k in keys if k not in _NOT_METRICS and not k.startswith("lr") and not k.endswith("_s")}
-    losses = [k for k in series if "loss" in k]
-    metrics = [k for k in series if k not in losses and np.nanmin(series[k]) >= 0 and np.nanmax(series[k]) <= 1]
-    panels = [(names, label) for names, label in ((losses, "loss"), (metrics, "metric")) if names]
-    if not panels:
-        return None
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    marker = "o" if len(history) <= 30 else None  # a single epoch would otherwise draw nothing
-    for ax, (names, label) in zip(axes[0], panels):
-        for name in names:
-            ax.plot(epochs, series[name], marker=marker, label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_image_grid(images, titles: list[str], path, colors: list[str] | None = None,
-                    ncols: int = 8) -> Path:
-    """Save a grid of images with a small coloured title each (e.g. green right, red wrong).
-
-    ``images`` is an (N, C, H, W) array with C in {1, 3}: a uint8 numpy array, or anything with
-    ``.numpy()`` such as a CPU torch tensor. Float images are taken to be in [0, 1].
-    """
-    if hasattr(images, "detach"):  # torch tensor, possibly on a GPU or requiring grad
-        images = images.detach().cpu()
-    array = np.asarray(images.numpy() if hasattr(images, "numpy") else images)
-    if array.ndim != 4 or array.shape[1] not in (1, 3):
-        raise ValueError(f"expected images of shape (N, C, H, W) with C in {{1, 3}}, got {array.shape}")
-    n = array.shape[0]
-    if n == 0 or len(titles) != n or (colors is not None and len(colors) != n):
-        raise ValueError(f"need at least one image and one title (and colour) per image; got {n} images, "
-                         f"{len(titles)} titles")
-    if array.dtype != np.uint8:
-        array = np.clip(array.astype(float), 0.0, 1.0)
-
-    plt = _pyplot()
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols, 2.0 * nrows), squeeze=False)
-    vmax = 255 if array.dtype == np.uint8 else 1.0
-    for index, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if index >= n:
-            continue
-        image = array[index].transpose(1, 2, 0)
-        if image.shape[2] == 1:
-            ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=vmax)
-        else:
-            ax.imshow(image)
-        ax.set_title(titles[index], fontsize=7, color=colors[index] if colors else "black")
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def _format(key: str, value) -> str:

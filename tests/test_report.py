@@ -1,4 +1,5 @@
-"""Tests for recogen.report: plots are real PNGs and the HTML report is self-contained and escaped."""
+"""Tests for recogen.report and the plots it embeds (recogen.plots): plots are real PNGs and the HTML
+report is self-contained and escaped."""
 
 import ast
 import base64
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recogen import report
+from recogen import plots, report
 from recogen.errors import RunError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +42,7 @@ def test_module_imports_neither_torch_nor_matplotlib_at_top_level():
 
 def test_confusion_matrix_small_writes_counts_and_png(tmp_path):
     cm = np.array([[5, 1, 0], [2, 7, 0], [0, 0, 13]])
-    fig = report._confusion_figure(cm, ["cat", "dog", "bird"])
+    fig = plots._confusion_figure(cm, ["cat", "dog", "bird"])
     texts = _cell_texts(fig)
     assert sorted(texts) == sorted(str(v) for v in cm.ravel())
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["cat", "dog", "bird"]
@@ -57,7 +58,7 @@ def test_confusion_matrix_small_writes_counts_and_png(tmp_path):
 
 def test_confusion_matrix_row_normalised_and_handles_empty_rows():
     cm = np.array([[0, 0], [1, 3]])  # class "a" never appears: no division by zero
-    fig = report._confusion_figure(cm, ["a", "b"])
+    fig = plots._confusion_figure(cm, ["a", "b"])
     data = fig.axes[0].images[0].get_array()
     np.testing.assert_allclose(np.asarray(data), [[0, 0], [0.25, 0.75]])
 
@@ -66,14 +67,14 @@ def test_confusion_matrix_large_k_drops_cell_text(tmp_path):
     k = 100
     cm = np.random.default_rng(0).integers(0, 50, size=(k, k))
     classes = [f"class_{i}" for i in range(k)]
-    assert _cell_texts(report._confusion_figure(cm, classes)) == []
+    assert _cell_texts(plots._confusion_figure(cm, classes)) == []
     width, height = _png_size(report.plot_confusion_matrix(cm, classes, tmp_path / "cm.png"))
     assert 2000 < width < 5000 and 2000 < height < 5000  # grows with K, but stays bounded
 
 
 def test_confusion_matrix_shape_mismatch():
     with pytest.raises(ValueError):
-        report._confusion_figure(np.zeros((3, 3), int), ["a", "b"])
+        plots._confusion_figure(np.zeros((3, 3), int), ["a", "b"])
 
 
 def test_plot_history(tmp_path):
@@ -83,7 +84,7 @@ def test_plot_history(tmp_path):
         {"epoch": 1, "train_loss": 0.6, "val_loss": None, "val_acc": 0.9, "val_top5": 0.99},
         {"epoch": 2, "train_loss": 0.4},
     ]
-    fig = report._history_figure(history)
+    fig = plots._history_figure(history)
     labels = [[line.get_label() for line in ax.get_lines()] for ax in fig.axes]
     assert labels == [["train_loss", "val_loss"], ["val_acc", "val_top5"]]  # lr and time_s left out
     np.testing.assert_allclose(fig.axes[0].get_lines()[1].get_ydata(), [0.5, np.nan, np.nan])
@@ -183,7 +184,7 @@ def test_a_crash_while_a_plot_is_written_keeps_the_previous_file(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from recogen import report
+    from recogen import plots
 
     path = tmp_path / "plot.png"
     path.write_bytes(b"the previous plot")
@@ -196,8 +197,8 @@ def test_a_crash_while_a_plot_is_written_keeps_the_previous_file(tmp_path):
 
     fig.savefig = half_then_die
     with pytest.raises(KeyboardInterrupt):
-        report._save(fig, path)
+        plots._save(fig, path)
     assert path.read_bytes() == b"the previous plot"
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temporary file left either
     fig2 = plt.figure()
-    assert report._save(fig2, path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a real PNG despite the .tmp name
+    assert plots._save(fig2, path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a real PNG despite the .tmp name

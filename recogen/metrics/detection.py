@@ -6,10 +6,12 @@ Boxes are xyxy pixels; labels are class indices 0..K-1 (no background). The numb
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+# The PR-curve plot is drawn in recogen.plots; this name is kept for code that imports it from here.
+from ..plots import plot_pr_curves  # noqa: F401
 
 # COCO's IoU thresholds .50:.05:.95 (what "mAP" and "mAP@[.5:.95]" mean), reported rounded.
 IOU_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
@@ -91,31 +93,3 @@ def detection_metrics(preds: Sequence[dict[str, torch.Tensor]], targets: Sequenc
     out.update(per_class=per_class, pr_curves=pr, iou_thresholds=IOU_THRESHOLDS, max_detections=MAX_DETECTIONS,
                backend=backend)
     return out
-
-
-def plot_pr_curves(pr_curves: dict[str, dict[str, list]], path: str | Path, per_class: dict | None = None,
-                   title: str = "Precision-recall at IoU 0.5") -> Path:
-    """One PNG with a precision-recall line per class (AP@.5 in the legend when ``per_class`` is given)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    cmap = plt.get_cmap("tab20" if len(pr_curves) > 10 else "tab10")
-    for i, (name, c) in enumerate(pr_curves.items()):
-        pts = [(r, p) for r, p in zip(c["recall"], c["precision"]) if p is not None]
-        ap = (per_class or {}).get(name, {}).get("ap50")
-        ax.plot([r for r, _ in pts], [p for _, p in pts], color=cmap(i % cmap.N), lw=1.5,
-                label=f"{name} {ap:.3f}" if ap is not None else name)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="Recall", ylabel="Precision", title=title)
-    ax.grid(alpha=0.3)
-    if pr_curves:  # outside the axes: curves of a good model crowd the top right
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, ncol=2 if len(pr_curves) > 20 else 1,
-                  title="class  AP@.5", frameon=False)
-    from ..utils import atomic_write
-
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return path

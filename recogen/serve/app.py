@@ -34,7 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
 from .errors import ApiError, check_api_key, user_error_status
-from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, decode_image, png_bytes
+from ..data.images import encode_png
+from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, decode_image
 from .metrics import Metrics, MetricsMiddleware, route_label
 from .models import HANDLERS, PREPARE, Served, load_models
 from .params import PARAMS, GenerateParams, Params
@@ -50,7 +51,7 @@ DEFAULT_BODY_TIMEOUT = 60.0
 
 
 def _image_body_schema(params: type[Params]) -> dict[str, Any]:
-    """OpenAPI request body of a predict endpoint (the body is parsed by hand to bound its size)."""
+    """OpenAPI request body of a predict endpoint (the body is read by hand to bound its size)."""
     fields = {k: v for k, v in params.model_json_schema()["properties"].items()}
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -125,12 +126,12 @@ def _content_type(request: Request) -> str:
 async def _image_and_params(request: Request, max_upload: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
     """``(image bytes, body params)`` from a multipart, JSON or raw image body; 413/415/400 otherwise."""
     ctype = _content_type(request)
-    # Parsing a body of up to --max-upload-mb is CPU work of tens of milliseconds (multipart boundaries,
-    # JSON, base64): it runs in the thread pool, so the event loop keeps answering other requests
-    # (/healthz among them) while large uploads arrive.
+    # Parsing a body of up to --max-upload-mb is CPU work (multipart boundaries, JSON, base64): it runs
+    # in the thread pool, so the event loop keeps answering other requests (/healthz among them) while
+    # large uploads arrive.
     if ctype == "multipart/form-data":
         body = await _read_body(request, max_upload + BODY_SLACK, timeout)
-        data, params = await run_in_threadpool(_parse_multipart, request.headers, body, max_upload + BODY_SLACK)
+        data, params = await run_in_threadpool(_parse_multipart, request.scope, body, max_upload + BODY_SLACK)
     elif ctype == "application/json":
         body = await _read_body(request, max_upload * 4 // 3 + 4 + BODY_SLACK, timeout)
         data, params = await run_in_threadpool(_parse_json_image, body)
@@ -146,22 +147,24 @@ async def _image_and_params(request: Request, max_upload: int, timeout: float) -
     return data, params
 
 
-def _parse_multipart(headers, body: bytes, max_part: int) -> tuple[bytes, dict[str, Any]]:
-    """``(image bytes, the other form fields)`` of a multipart body; 400/422 for a malformed one.
+def _parse_multipart(scope, body: bytes, max_part: int) -> tuple[bytes, dict[str, Any]]:
+    """``(image bytes, the other form fields)`` of a multipart ``body`` (already read, within its limit)
+    parsed by Starlette's ``Request.form``; 400/422 for a malformed one.
 
-    Called in a worker thread: Starlette's parser is async, so it gets an event loop of its own there.
+    Called in a worker thread: ``form`` is async, so it gets an event loop of its own there.
     """
     from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.formparsers import MultiPartException
+
+    async def receive() -> dict[str, Any]:  # the request's body, replayed in one message
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def parse() -> tuple[bytes, dict[str, Any]]:
-        async def once():
-            yield body
-
         try:
-            form = await MultiPartParser(headers, once(), max_files=1, max_fields=20, max_part_size=max_part).parse()
-        except MultiPartException as e:
-            raise ApiError(400, f"malformed multipart body: {e.message}", "bad_multipart") from None
+            form = await Request(scope, receive).form(max_files=1, max_fields=20, max_part_size=max_part)
+        except (MultiPartException, StarletteHTTPException) as e:  # the latter when scope has the app
+            message = e.message if isinstance(e, MultiPartException) else e.detail
+            raise ApiError(400, f"malformed multipart body: {message}", "bad_multipart") from None
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
@@ -370,11 +373,10 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
             return imgs, grid
 
         imgs, grid = await run_locked(m, sample)
-        to_png = lambda t: png_bytes(_hwc(t))  # noqa: E731
         if p.format == "png":
-            return Response(await run_in_threadpool(to_png, grid), media_type="image/png",
+            return Response(await run_in_threadpool(encode_png, grid), media_type="image/png",
                             headers={"X-Recogen-Model": m.name, "X-Recogen-Seed": str(p.seed)})
-        b64 = lambda t: base64.b64encode(to_png(t)).decode("ascii")  # noqa: E731
+        b64 = lambda t: base64.b64encode(encode_png(t)).decode("ascii")  # noqa: E731
         grid_b64, images_b64 = await run_in_threadpool(lambda: (b64(grid), [b64(t) for t in imgs]))
         return {"model": m.name, "n": p.n, "seed": p.seed, "class": p.class_, "grid_png": grid_b64, "images_png": images_b64}
 
@@ -423,9 +425,3 @@ def _fastapi(**kwargs: Any) -> FastAPI:
 
         return app
     return FastAPIOffline(**kwargs)
-
-
-def _hwc(t):
-    """uint8 (C, H, W) tensor -> numpy (H, W) or (H, W, 3) for PIL."""
-    a = t.permute(1, 2, 0).numpy()
-    return a[..., 0] if a.shape[2] == 1 else a

@@ -10,8 +10,8 @@ from .errors import ApiError
 # own size, so this bounds its memory (11 classes: about 0.7 GB).
 DEFAULT_MAX_PIXELS = 16_000_000
 # Default limit on the longer side. Within the pixel limit a 1 x 16,000,000 PNG is only 31 KB, yet
-# resizing it to a model's input took seconds (a 4000 x 4000 image: 0.1 s); 10,000 px still takes any
-# real photograph or panorama.
+# resizing it to a model's input is far slower than resizing a 4000 x 4000 image; 10,000 px still takes
+# any real photograph or panorama.
 DEFAULT_MAX_SIDE = 10_000
 # Pillow's modes of 16-bit grey images (PNG, TIFF): scaled by 255/65535 to "L".
 _MODES_16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -74,13 +74,3 @@ def _to_8bit(img):
 
     a = np.asarray(img).astype(np.uint32)
     return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))
-
-
-def png_bytes(array) -> bytes:
-    """Encode a uint8 numpy array (H, W) or (H, W, C) or a PIL image as PNG bytes."""
-    from PIL import Image
-
-    img = array if isinstance(array, Image.Image) else Image.fromarray(array)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()

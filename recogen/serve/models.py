@@ -42,7 +42,7 @@ class Served:
 
 
 def _b64_png(array) -> str:
-    from .images import png_bytes
+    from ..data.images import encode_png as png_bytes
 
     return base64.b64encode(png_bytes(array)).decode("ascii")
 

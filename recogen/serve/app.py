@@ -37,8 +37,9 @@ from .errors import ApiError, check_api_key, user_error_status
 from ..data.images import encode_png
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, decode_image
 from .metrics import Metrics, MetricsMiddleware, route_label
-from .models import HANDLERS, PREPARE, Served, load_models
-from .params import PARAMS, GenerateParams, Params
+from ..tasks.params import Params
+from .models import Served, load_models
+from .params import GenerateParams
 
 log = logging.getLogger("recogen.serve")
 PAGE_DIR = Path(__file__).parent / "page"
@@ -318,8 +319,8 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
         return await run_in_threadpool(call)
 
     # ---------------------------------------------------------------------- endpoints
-    def add_predict_route(task: str, cls: type[Params]) -> None:
-        handler, prepare_input = HANDLERS[task], PREPARE.get(task)
+    def add_predict_route(spec, cls) -> None:
+        task = spec.name
 
         async def predict(request: Request, query: Annotated[cls, Query()]) -> dict:  # type: ignore[valid-type]
             data, extra = await _image_and_params(request, max_upload, body_timeout)
@@ -327,11 +328,10 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
             m = pick(task, params.model)
 
             def prepare():  # outside the model's lock: one client's big image does not stall the others
-                image = decode_image(data, max_pixels, max_side)
-                return prepare_input(m.predictor, image) if prepare_input else (m.predictor, image)
+                return spec.serve_prepare(m.predictor, decode_image(data, max_pixels, max_side))
 
             pred, image = await run_in_threadpool(prepare)
-            return await run_locked(m, lambda: handler(pred, image, params))
+            return await run_locked(m, lambda: spec.serve_response(pred, image, params))
 
         predict.__name__ = f"{task}_image"
         app.post(f"/v1/{task}", tags=["predict"], dependencies=protected, responses=ERROR_RESPONSES,
@@ -339,8 +339,12 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
                  description=f"The JSON of `recogen {task} predict --json` for one image (without \"path\"). "
                              "Parameters go in the query string, the form or the JSON body.")(predict)
 
-    for task, cls in PARAMS.items():
-        add_predict_route(task, cls)
+    from ..tasks import all_tasks
+
+    for spec in all_tasks().values():  # POST /v1/<task> for every task that reads one image
+        cls = spec.params_model()
+        if cls is not None:
+            add_predict_route(spec, cls)
 
     @app.post("/v1/generate", tags=["generate"], dependencies=protected, summary="sample a generative model",
               responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "application/json": {}},

@@ -67,6 +67,7 @@ class Task:
     headline: ClassVar[str] = ""  # the metric named in the one-line summary after training
     reserve_s: ClassVar[float] = 2.0  # seconds a budgeted run keeps after training (saving, plots)
     predict_flags: ClassVar[tuple[Flag, ...]] = ()
+    samples: ClassVar[bool] = False  # draws images (``POST /v1/generate``) instead of reading one
     predictor: ClassVar[Any] = ""  # the task's Predictor class, or "module:Class" to import it when first used
     parts: ClassVar[tuple[str, ...]] = ()  # the task's heavy modules, searched by :func:`lazy_attr`
 

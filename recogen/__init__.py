@@ -32,7 +32,8 @@ def load(path: Any, device: str = "cpu", backend: str = "torch"):
     from .artifact import read_card
     from .tasks import get_task
 
-    return get_task(read_card(path)["task"]).load(path, device=device, backend=backend)
+    card = read_card(path)  # read once, passed down
+    return get_task(card["task"]).load(path, device=device, backend=backend, card=card)
 
 
 def create_model(name: str, **kwargs: Any):

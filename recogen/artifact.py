@@ -94,8 +94,9 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:200]
 
 
-def load_portable(path: str | Path, device: str = "cpu"):
+def load_portable(path: str | Path, device: str = "cpu", card: dict[str, Any] | None = None):
     """Rebuild the network from its card and load its weights; returns ``(model.eval(), card)``.
+    ``card``: the card already read from ``path`` (it is then not read again).
 
     A damaged weights file (truncated, empty, not safetensors) or weights of another network are one
     RunError naming the file; safetensors never runs code.
@@ -106,7 +107,7 @@ def load_portable(path: str | Path, device: str = "cpu"):
     from .models import create_model
 
     p = find_card(path)
-    card = read_card(p)
+    card = read_card(p) if card is None else card
     weights = p.with_suffix(".safetensors")
     if not weights.is_file():
         raise RunError(f"weights file missing: {weights}")

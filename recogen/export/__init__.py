@@ -100,12 +100,13 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     return {**result, "format": fmt, "card": str(card_out)}
 
 
-def load_backend(path: str | Path, device: str = "cpu", backend: str = "torch"):
-    """``(network, card)`` for a predictor: the PyTorch model, or its ONNX export run by onnxruntime."""
+def load_backend(path: str | Path, device: str = "cpu", backend: str = "torch", card: dict[str, Any] | None = None):
+    """``(network, card)`` for a predictor: the PyTorch model, or its ONNX export run by onnxruntime.
+    ``card``: the run's card if already read (the ONNX backend reads the card exported beside its file)."""
     if backend == "torch":
         from ..artifact import load_portable
 
-        return load_portable(path, device)
+        return load_portable(path, device, card)
     if backend == "onnx":
         from .onnx import load_onnx_model
 

@@ -27,13 +27,51 @@ class Served:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def info(self) -> dict[str, Any]:
-        """What ``GET /v1/models`` lists for this model."""
-        card = self.predictor.card
-        out = {"name": self.name, "task": self.task, "model": card.get("model"), "classes": list(card["classes"]),
-               "image_size": card.get("image_size"), "channels": card.get("in_chans"), "backend": self.backend}
+        """What ``GET /v1/models`` lists for this model; the web page builds itself from it.
+
+        Every entry says ``samples`` (the task draws images: ``POST /v1/generate``). A task that reads one
+        image adds ``endpoint`` (``/v1/<task>``) and ``params``: its request parameters from the spec's
+        ``params_model()`` but ``model``, in order, each ``{"name", "type", "required", "default",
+        "description"}`` plus what applies of ``title`` (only when the field sets one), ``minimum``,
+        ``maximum``, ``exclusive_minimum``, ``exclusive_maximum``, ``nullable`` and ``enum``. ``type`` is the
+        JSON schema type: integer, number, boolean, string, ... ("any" when the schema has none).
+        """
         from ..tasks import get_task
 
-        return {**out, **get_task(self.task).model_info(card)}
+        card, spec = self.predictor.card, get_task(self.task)
+        out: dict[str, Any] = {
+            "name": self.name, "task": self.task, "model": card.get("model"), "classes": list(card["classes"]),
+            "image_size": card.get("image_size"), "channels": card.get("in_chans"), "backend": self.backend,
+            "samples": bool(spec.samples)}
+        cls = spec.params_model()
+        if cls is not None:
+            schema = cls.model_json_schema()  # by alias: the names a request uses
+            names = {(f.alias or k): f for k, f in cls.model_fields.items()}
+            params = []
+            for name, prop in schema.get("properties", {}).items():
+                if name == "model":  # the page picks the model itself
+                    continue
+                field = names.get(name)
+                # Optional[X] is anyOf [X, null]: X describes the value.
+                alts = [a for a in prop.get("anyOf", [prop]) if a.get("type") != "null"]
+                nullable = len(alts) < len(prop.get("anyOf", [prop]))
+                body = {**prop, **alts[0]} if len(alts) == 1 else prop
+                p: dict[str, Any] = {"name": name, "type": body.get("type", "any"),
+                                     "required": name in schema.get("required", ()), "default": prop.get("default"),
+                                     "description": prop.get("description", "")}
+                if field is not None and field.title:
+                    p["title"] = field.title
+                for key, as_ in (("minimum", "minimum"), ("maximum", "maximum"), ("exclusiveMinimum", "exclusive_minimum"),
+                                 ("exclusiveMaximum", "exclusive_maximum"), ("enum", "enum")):
+                    if key in body:
+                        p[as_] = body[key]
+                if "const" in body and "enum" not in p:
+                    p["enum"] = [body["const"]]
+                if nullable:
+                    p["nullable"] = True
+                params.append(p)
+            out.update(endpoint=f"/v1/{self.task}", params=params)
+        return {**out, **spec.model_info(card)}
 
 
 def _unique_name(path: Path, task: str, taken: set[str]) -> str:
@@ -59,12 +97,13 @@ def load_models(runs: list[str | Path], backend: str = "torch", device: str = "c
         raise RunError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits)")
     served: dict[str, Served] = {}
     for run in runs:
-        name = read_card(run)["task"]
+        card = read_card(run)  # read once, passed down
+        name = card["task"]
         task = all_tasks().get(name)
         if task is None or not (task.params_model() or task.samples):
             raise RunError(f"{run} holds a {name} model, which the service cannot serve yet")
         b = "torch" if task.samples else backend  # generators have no export
-        pred = task.load(run, device=device, backend=b)
+        pred = task.load(run, device=device, backend=b, card=card)
         served_name = _unique_name(Path(run).expanduser(), name, set(served))
         served[served_name] = Served(served_name, name, pred, b)
     return served

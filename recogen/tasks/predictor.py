@@ -23,13 +23,13 @@ class Predictor:
         self.classes: list[str] = card["classes"]
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch"):
+    def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch", card: dict[str, Any] | None = None):
         """Load from a run folder or a ``model.json``; ``backend="onnx"`` runs the run's ONNX export
-        (``recogen export RUN``) with onnxruntime."""
+        (``recogen export RUN``) with onnxruntime. ``card``: the run's card if the caller read it already."""
         from ..export import load_backend
         from . import get_task
 
-        model, card = load_backend(path, device, backend)
+        model, card = load_backend(path, device, backend, card)
         if card.get("task") != cls.task:
             raise RunError(f"{path} holds a {card.get('task')} model, not a {get_task(cls.task).noun}")
         p = Path(path)

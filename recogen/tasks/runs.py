@@ -107,7 +107,7 @@ def prepare_run(cls: type[C], task: str, cfg: C) -> tuple[C, Path, Path | None]:
         check_writable_folder(out)
         if _has_run(out):
             raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        return cfg, out, None
+        return dataclasses.replace(cfg, out=str(out)), out, None
     if not cfg.out:
         raise ConfigError("--resume needs --out RUN_DIR naming the run to continue")
     out = Path(cfg.out).expanduser()

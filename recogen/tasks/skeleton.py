@@ -37,7 +37,6 @@ def train(task: "Task", config: Any = None, callbacks: Iterable | None = None, *
     t0 = time.perf_counter()
     splits = task.load_data(cfg)
     cfg, why = task.resolve_defaults(cfg, splits)
-    cfg.out = str(run)
     splits = task.fit_data(cfg, splits)
     log.info(task.describe_data(cfg, splits))
     if why:

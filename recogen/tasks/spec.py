@@ -185,9 +185,9 @@ class Task:
         mod, _, attr = self.predictor.partition(":")
         return getattr(importlib.import_module(mod), attr)
 
-    def load(self, path: str | Path, device: str = "cpu", backend: str = "torch"):
-        """A predictor of a run folder or ``model.json``."""
-        return self.predictor_class().load(path, device=device, backend=backend)
+    def load(self, path: str | Path, device: str = "cpu", backend: str = "torch", card: dict[str, Any] | None = None):
+        """A predictor of a run folder or ``model.json`` (``card``: its card, if already read)."""
+        return self.predictor_class().load(path, device=device, backend=backend, card=card)
 
     def predict_files(self, run: str | Path, files: Iterable[str | Path], out_dir: str | Path | None = None,
                       device: str = "cpu", backend: str = "torch", **kw: Any) -> list[dict[str, Any]]:

@@ -168,9 +168,48 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"--val-fraction {cfg.val_fraction} and --test-fraction {cfg.test_fraction} leave no "
                           "training images; their sum must be below 1")
     if cfg.budget != "auto":
-        from .tasks.budget import parse_budget
-
         parse_budget(cfg.budget)
+
+
+# ------------------------------------------------------------------ the --budget value ("8m30s")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh])")
+OFF = ("none", "off", "0")
+
+
+def parse_budget(text: str | float | int | None) -> float | None:
+    """Seconds in a budget such as ``"90s"``, ``"5m"``, ``"1h30m"``, ``"1.5h"`` or ``300`` (seconds).
+
+    ``None``, ``"none"`` and ``"off"`` mean no time limit. Anything else is a ConfigError naming the form.
+    """
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower()
+        if s in OFF:
+            return None
+        try:
+            seconds = float(s)
+        except ValueError:
+            parts = _PART.findall(s)
+            if not parts or _PART.sub("", s).strip():
+                raise ConfigError(f"bad --budget {text!r}; use a duration like 90s, 5m, 1h30m or none") from None
+            seconds = sum(float(v) * _UNITS[u] for v, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"bad --budget {text!r}: it must be a positive duration (e.g. 5m), or none")
+    return seconds
+
+
+def format_budget(seconds: float | None) -> str:
+    """``510`` -> ``"8m30s"``; None -> ``"none"`` (the inverse of :func:`parse_budget`)."""
+    if seconds is None:
+        return "none"
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
 
 
 @dataclass

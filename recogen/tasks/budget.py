@@ -14,55 +14,22 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import statistics
 import time
 import warnings
+import weakref
 from typing import Callable
 
-from ..errors import ConfigError
+from ..config import format_budget, parse_budget  # noqa: F401  (the text form of --budget is config)
 
 log = logging.getLogger(__name__)
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh])")
-OFF = ("none", "off", "0")
 _now = time.perf_counter  # the clock (a name of its own so tests can drive it)
 
 
-def parse_budget(text: str | float | int | None) -> float | None:
-    """Seconds in a budget such as ``"90s"``, ``"5m"``, ``"1h30m"``, ``"1.5h"`` or ``300`` (seconds).
-
-    ``None``, ``"none"`` and ``"off"`` mean no time limit. Anything else is a ConfigError naming the form.
-    """
-    if text is None:
-        return None
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower()
-        if s in OFF:
-            return None
-        try:
-            seconds = float(s)
-        except ValueError:
-            parts = _PART.findall(s)
-            if not parts or _PART.sub("", s).strip():
-                raise ConfigError(f"bad --budget {text!r}; use a duration like 90s, 5m, 1h30m or none") from None
-            seconds = sum(float(v) * _UNITS[u] for v, u in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"bad --budget {text!r}: it must be a positive duration (e.g. 5m), or none")
-    return seconds
-
-
-def format_budget(seconds: float | None) -> str:
-    """``510`` -> ``"8m30s"``; None -> ``"none"`` (the inverse of :func:`parse_budget`)."""
-    if seconds is None:
-        return "none"
-    s = int(round(seconds))
-    h, rest = divmod(s, 3600)
-    m, sec = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
+# scheduler -> function(total_steps) building the same schedule for another length (filled by
+# trainer.make_scheduler; used by replan).
+SCHEDULE_REBUILDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def epochs_that_fit(remaining_s: float, epoch_s: float, done: int, cap: int) -> int:
@@ -82,9 +49,7 @@ def budget_callback(budget_s: float, t_start: float, cap: int, reserve_s: Callab
     ``reserve_s(val_s)`` is the time kept for what follows training (final evaluation, plots), given
     the last validation time; ``on_replan(trainer, epochs)`` records the new plan (config.yaml).
     """
-    from .common import lightning
-
-    pl = lightning()
+    import lightning.pytorch as pl
 
     class TimeBudget(pl.Callback):
         def __init__(self):
@@ -131,13 +96,11 @@ def budget_callback(budget_s: float, t_start: float, cap: int, reserve_s: Callab
 def replan(trainer, epochs: int) -> None:
     """Set the trainer's epoch count and rebuild each per-step LR schedule for the new total.
 
-    A schedule made by :func:`recogen.tasks.common.make_scheduler` has a rebuilder (``SCHEDULE_REBUILDERS``);
+    A schedule made by :func:`recogen.tasks.trainer.make_scheduler` has a rebuilder (:data:`SCHEDULE_REBUILDERS`);
     the new one is advanced to the step the old one had reached, so from there on the LR follows the
     schedule of the new length and ends exactly at the new last step (the steps already taken keep
     the rates they had: early in warm-up, a small jump).
     """
-    from .common import SCHEDULE_REBUILDERS
-
     trainer.fit_loop.max_epochs = epochs
     steps_per_epoch = max(1, int(trainer.num_training_batches))
     for sc in trainer.lr_scheduler_configs:

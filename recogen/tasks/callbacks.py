@@ -217,7 +217,8 @@ def _atomic_checkpoint_io():
 
 def _budget_callbacks(cfg: TrainConfig, run: Path, t_start: float | None, reserve: tuple[float, float]):
     """The time-budget callback of a fresh budgeted run (none for --resume: its plan is in config.yaml)."""
-    from .budget import budget_callback, parse_budget
+    from ..config import parse_budget
+    from .budget import budget_callback
 
     seconds = parse_budget(cfg.budget)
     if seconds is None or t_start is None or cfg.resume:

@@ -167,7 +167,7 @@ def resolve_budget(cfg: TrainConfig, default: str, why: list[str]) -> float | No
     "auto" is the task's ``default`` unless ``--epochs`` was given (then exact epochs, no clock).
     With a budget and no ``--patience``, early stopping watches for a validation plateau.
     """
-    from .budget import format_budget, parse_budget
+    from ..config import format_budget, parse_budget
 
     text = (None if cfg.epochs is not None else default) if cfg.budget == "auto" else cfg.budget
     seconds = parse_budget(text)

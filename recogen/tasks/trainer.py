@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -12,6 +11,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import ConfigError, RunError, TrainingInterrupted
 from ..utils import bf16_supported
+from .budget import SCHEDULE_REBUILDERS
 from .callbacks import _atomic_checkpoint_io, _budget_callbacks, _callbacks, _resumed_runs, lightning
 from .runs import _first_line, _saved_epochs
 
@@ -22,8 +22,6 @@ def auto_precision() -> str:
     return "bf16-mixed" if bf16_supported() else "32-true"
 
 
-# scheduler -> function(total_steps) building the same schedule for another length (see make_scheduler).
-SCHEDULE_REBUILDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def make_scheduler(opt, schedule: str, lr: float, total_steps: int, warmup: float = 0.25):

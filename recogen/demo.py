@@ -24,10 +24,11 @@ def is_demo_run(folder: Path) -> bool:
 
 def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> Path:
     """Train the default classifier on ``mnist-5k``, then evaluate, predict and report. Returns the run folder."""
-    from PIL import Image
+    from .data.images import write_png
 
     from .data import create_dataset
-    from .report import plot_image_grid, write_report
+    from .plots import plot_image_grid
+    from .report import write_report
     from .tasks import classify
 
     from .errors import RunError
@@ -46,16 +47,16 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> Path:
     run = classify.train(data="mnist-5k", out=str(out), progress=progress)
 
     # Predict a few test images exactly as a user would: from PNG files on disk.
-    from .tasks import common
+    from .tasks.runs import data_options, load_run_config
 
-    cfg = common.load_run_config(classify.ClassifyConfig, run)
-    test = create_dataset(cfg.data, common.data_options(cfg)).split("test")
+    cfg = load_run_config(classify.ClassifyConfig, run)
+    test = create_dataset(cfg.data, data_options(cfg)).split("test")
     samples = run / "samples"
     samples.mkdir(exist_ok=True)
     files = []
     for i in range(16):
         f = samples / f"test_{i:02d}_true_{test.labels[i].item()}.png"
-        Image.fromarray(test.images[i, 0].numpy()).save(f)
+        write_png(test.images[i], f)
         files.append(f)
     clf = classify.load(run)
     preds = clf.predict([str(f) for f in files], topk=3)

@@ -3,11 +3,12 @@
 write ``report.html``."""
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
 
-
+log = logging.getLogger("recogen.demo")  # the CLI shows its INFO lines
 DEMO_MARKER = ".recogen-demo"  # written first into a demo's folder: only such a folder is ever replaced
 
 
@@ -67,6 +68,6 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> Path:
     plot_image_grid(test.images[:16], titles, run / "sample_predictions.png", colors=colors)
     report = write_report(run, title="recogen demo: handwritten digits classifier (mnist-5k)")
     right = sum(c == "green" for c in colors)
-    print(f"predicted {len(files)} sample images from {samples}: {right}/{len(files)} right")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; open {report}")
+    log.info(f"predicted {len(files)} sample images from {samples}: {right}/{len(files)} right")
+    log.info(f"demo finished in {time.perf_counter() - t0:.0f} s; open {report}")
     return run

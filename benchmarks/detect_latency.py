@@ -94,8 +94,7 @@ def make_run(folder: Path, size: int, seed: int = 0) -> Path:
 
 def make_images(folder: Path, size: int, n: int, seed: int = 0) -> list[Path]:
     """``n`` generated shapes scenes written as ``size`` x ``size`` PNGs."""
-    from PIL import Image
-
+    from recogen.data.images import write_png
     from recogen.data.shapes_scenes import make_scenes
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,8 +102,7 @@ def make_images(folder: Path, size: int, n: int, seed: int = 0) -> list[Path]:
     paths = []
     for i in range(n):
         p = folder / f"scene_{i:03d}.png"
-        Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).save(p)
-        paths.append(p)
+        paths.append(write_png(ds.images[i], p))
     return paths
 
 

@@ -186,9 +186,9 @@ def test_metrics_of_perfect_and_empty_predictions():
 
 
 # ----------------------------------------------------------------------------------------- training
-# 8 epochs of 280 scenes at 64 px, about a minute on one core. Measured (seed 0, one thread): test
-# mAP@.5 0.129 (mAP 0.069), up from 0.016 after the first epoch; the threshold leaves margin for
-# other CPUs' kernels.
+# 8 epochs of 280 scenes at 64 px, about a minute single-threaded on the CPU of BENCHMARKS.md.
+# Measured (seed 0): test mAP@.5 0.129 (mAP 0.069), up from 0.016 after the first epoch; the threshold
+# leaves margin for other CPUs' kernels.
 TRAINED = dict(data="shapes:400", image_size=64, model="fcos-s", epochs=8, batch_size=8, lr=4e-3, augment="none",
                progress=False, seed=0)
 MIN_MAP50 = 0.08
@@ -347,10 +347,10 @@ def test_defaults_fit_the_data_and_the_cpu_budget(monkeypatch, bf16):
     from recogen.config import DetectConfig
     from recogen.data import DataOptions
     from recogen.data.dense import create_dense_dataset
-    from recogen.tasks import common
+    from recogen.tasks import trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(common, "bf16_supported", lambda: bf16)  # fp32 for the detectors on a CPU either way
+    monkeypatch.setattr(trainer, "bf16_supported", lambda: bf16)  # fp32 for the detectors on a CPU either way
     splits = create_dense_dataset("shapes:600", DataOptions(image_size=128, channels=3))
     cfg, why = detect.resolve_defaults(DetectConfig(data="shapes:600", image_size=128), splits)
     # The benchmarked recipe (BENCHMARKS.md): an 8-minute budget planned from measured epoch times,

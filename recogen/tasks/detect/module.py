@@ -1,0 +1,96 @@
+"""The LightningModule of detection: the detector's own losses, box-aware augmentation on the device,
+validation mAP with the same caps as the evaluation."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from ...config import DetectConfig
+from ...metrics.detection import MAX_DETECTIONS, mean_average_precision
+from ..trainer import configure_optimizers
+from .outputs import EVAL_SCORE_THRESH, _from_model_outputs, _to_model_targets, postprocess
+
+
+def _augmenter(name: str, label_offset: int, hflip_ok: bool = True):
+    """``DenseAugment`` for preset ``name`` (None for "none"); no flips where ``hflip_ok`` is False."""
+    from ...data.dense_transforms import DenseAugment
+    from ...data.transforms import get_preset
+
+    preset = get_preset(name)
+    return None if preset.is_identity else DenseAugment(preset, hflip_ok=hflip_ok, label_offset=label_offset)
+
+
+class DetectorModule(pl.LightningModule):
+    """Trains ``model`` as ``cfg`` says; logs ``train_loss`` and each of the detector's losses
+    (``train_<name>``, per epoch) and the validation ``val_map`` / ``val_map_50``.
+
+    ``label_offset``: the index of box label 0 among the mask classes (box-tight augmentation reads
+    the masks); ``hflip_ok`` False: no horizontal flips (the data say a mirror image is another object).
+    """
+
+    def __init__(self, model: nn.Module, cfg: DetectConfig, label_offset: int = 1, hflip_ok: bool = True):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.augment = _augmenter(cfg.augment, label_offset, hflip_ok)
+        # Epoch-end val metric only (cheap): the full per-class report comes from the evaluation.
+        self.map_metric = mean_average_precision(class_metrics=False)
+        # One mean per loss the detector returns (their names depend on the architecture): made at the first step.
+        self.train_losses = nn.ModuleDict()
+
+    def forward(self, images):
+        return self.model(list(images))
+
+    def on_train_epoch_start(self):
+        # Re-seed per epoch: augmentation draws then do not depend on whether the run was
+        # interrupted and resumed before this epoch.
+        torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        images, targets, masks = batch
+        if self.trainer.training and self.augment is not None:
+            boxes, labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
+            images, boxes, labels, masks = self.augment(images, boxes, labels, masks)
+            targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
+        return images.float().div_(255), targets, masks
+
+    def training_step(self, batch, batch_idx):
+        images, targets, _ = batch
+        losses = self.model(list(images), _to_model_targets(targets))
+        loss = sum(losses.values())
+        for k, v in {"loss": loss, **losses}.items():
+            name = "train_loss" if k == "loss" else f"train_{k}"
+            if name not in self.train_losses:
+                self.train_losses[name] = MeanMetric().to(self.device)
+            self.train_losses[name].update(v.detach().float(), weight=len(images))
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            # Logged once per epoch, from the last step so callbacks see it at epoch end.
+            for name, mean in self.train_losses.items():
+                self.log(name, mean, on_step=False, on_epoch=True, prog_bar=name == "train_loss",
+                         metric_attribute=f"train_losses.{name}")
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, targets, _ = batch
+        # The same caps as the evaluation, so the val mAP that picks best.ckpt is the number it reports.
+        with postprocess(self.model, EVAL_SCORE_THRESH, max_det=MAX_DETECTIONS):
+            preds = _from_model_outputs(self.model(list(images)))
+        self.map_metric.update([{k: v.float() if k != "labels" else v for k, v in p.items()} for p in preds],
+                               [{"boxes": t["boxes"].float(), "labels": t["labels"]} for t in targets])
+
+    def on_validation_epoch_end(self):
+        r = self.map_metric.compute()
+        self.map_metric.reset()
+        self.log("val_map", float(r["map"]), prog_bar=True)
+        self.log("val_map_50", float(r["map_50"]), prog_bar=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return configure_optimizers(self.cfg, params, int(self.trainer.estimated_stepping_batches))
+
+
+def make_module(model: nn.Module, cfg: DetectConfig, classes: list[str], label_offset: int = 1,
+                hflip_ok: bool = True) -> DetectorModule:
+    """The :class:`DetectorModule` of ``model`` (``classes`` are the card's; the module needs only their offset)."""
+    return DetectorModule(model, cfg, label_offset, hflip_ok)

@@ -111,7 +111,7 @@ def test_schedules_work_for_runs_of_a_few_steps(steps):
     import torch
 
     from recogen.config import TrainConfig
-    from recogen.tasks.common import configure_optimizers
+    from recogen.tasks.trainer import configure_optimizers
 
     for schedule in ("onecycle", "cosine"):
         p = torch.nn.Parameter(torch.zeros(1))

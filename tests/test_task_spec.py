@@ -33,7 +33,7 @@ class BrightConfig(TrainConfig):
 
 if "bright-linear" not in MODELS:
     @register_model("bright-linear", task="bright", description="linear model on 4x4 average-pooled pixels")
-    def bright_linear(*, num_classes: int, in_chans: int = 1, **_: object) -> nn.Module:
+    def bright_linear(*, num_classes: int, in_chans: int = 1, image_size: int = 32, pretrained: bool = False) -> nn.Module:
         return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(in_chans * 16, num_classes))
 
 
@@ -140,3 +140,31 @@ def test_a_registered_toy_task_trains_evaluates_predicts_and_is_served(bright, c
         r = client.post("/v1/bright", files={"file": ("seven.png", img.read_bytes(), "image/png")})
         assert r.status_code == 200, r.text
         assert r.json()["label"] == res["label"]
+
+
+def _readme_block(after: str) -> str:
+    """The first python code block of the README after the text ``after``."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("```python", text.index(after)) + len("```python")
+    return text[start : text.index("```", start)]
+
+
+def test_the_readme_examples_of_a_new_model_and_data_source_work(tmp_path, capsys):
+    from recogen.data import DATASETS
+
+    for name, after in (("mlp", "**Add a model.**"), ("npz", "A classification source is one registered builder")):
+        registry = MODELS if name == "mlp" else DATASETS
+        if name not in registry:
+            exec(compile(_readme_block(after), f"README:{name}", "exec"), {})
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "my.npz", images=rng.integers(0, 255, (60, 1, 16, 16), dtype=np.uint8),
+             labels=np.arange(60) % 3, classes=np.array(["a", "b", "c"]))
+    run = tmp_path / "run"
+    rc, out, err = main_in_process(capsys, "classify", "train", "--data", f"npz:{tmp_path / 'my.npz'}", "--model", "mlp",
+                                   "--model-kwargs", '{"hidden": 8}', "--epochs", "1", "--out", run, "--no-progress")
+    assert rc == 0, err
+    assert "model mlp" in out and "42 train / 9 val / 9 test" in out
+    card = json.loads((run / "model.json").read_text())
+    assert card["model"] == "mlp" and card["model_kwargs"] == {"hidden": 8} and card["classes"] == ["a", "b", "c"]

@@ -83,7 +83,8 @@ def test_page_lists_the_models_and_renders_the_topk_bars_of_an_uploaded_digit(pa
     options = page.eval_on_selector_all("#model option", "els => els.map(e => e.value)")
     assert options == ["clf", "det", "seg", "gen"]
     page.select_option("#model", "clf")
-    page.fill("#topk", "3")
+    assert page.inner_text("label[data-param=topk]").strip() == "Top-k"  # the controls come from the spec's params
+    page.fill("#param-topk", "3")
     data = digit_pngs()[5]
     _upload(page, tmp_path, "digit.png", data)
     want = httpx.post(f"{url}/v1/classify", params={"topk": 3}, files={"file": ("d.png", data, "image/png")}).json()
@@ -98,7 +99,8 @@ def test_page_draws_the_detected_boxes_on_a_canvas(page, site, tmp_path):
 
     url = site[0]
     page.select_option("#model", "det")
-    page.fill("#conf", "0.01")  # the tiny 2-epoch detector scores low; 0.01 gives boxes to draw
+    assert page.inner_text("label[data-param=conf]").strip() == "Min score" and not page.is_visible("#param-topk")
+    page.fill("#param-conf", "0.01")  # the tiny 2-epoch detector scores low; 0.01 gives boxes to draw
     data = scene_png()
     _upload(page, tmp_path, "scene.png", data)
     want = httpx.post(f"{url}/v1/detect", params={"conf": 0.01}, files={"file": ("s.png", data, "image/png")}).json()
@@ -118,10 +120,13 @@ def test_page_draws_the_detected_boxes_on_a_canvas(page, site, tmp_path):
 
 def test_page_shows_the_segmentation_overlay(page, tmp_path):
     page.select_option("#model", "seg")
+    assert page.inner_text("label[data-param=alpha]").strip() == "Opacity"
+    assert page.is_checked("#param-mask")  # booleans start ticked: the mask and its overlay come back
     _upload(page, tmp_path, "scene.png", scene_png())
     size = page.evaluate("() => { const i = document.getElementById('overlay'); return [i.naturalHeight, i.naturalWidth]; }")
     assert size == [128, 128] and page.is_visible("#overlay")
     assert page.locator("#table tr").count() >= 2  # a header and at least one class present
+    assert page.get_attribute("#result", "data-state") == "overlay"
 
 
 def test_page_generates_a_grid_for_a_chosen_seed_and_class(page, site):
@@ -130,6 +135,7 @@ def test_page_generates_a_grid_for_a_chosen_seed_and_class(page, site):
     url = site[0]
     page.select_option("#model", "gen")
     assert page.is_visible("#generate-panel") and not page.is_visible("#predict-panel")
+    assert page.is_visible("#gen-class-label")  # a conditional generator: its classes to choose from
     page.fill("#gen-n", "4")
     page.fill("#gen-seed", "7")
     page.select_option("#gen-class", "3")
@@ -167,3 +173,58 @@ def test_page_asks_for_the_api_key_and_then_works(browser, site, tmp_path):
         _upload(pg, tmp_path, "digit.png", digit_pngs()[1])
         assert pg.locator("#bars .bar").count() == 5
         pg.close()
+
+
+# ---------------------------------------------------------------------------------- a new task's model
+@pytest.fixture(scope="module")
+def toy_site(tmp_path_factory):
+    """The toy task of test_task_spec.py (registered only here, trained for 1 epoch through the CLI) served
+    next to a classifier: the page must handle it with no edit of its own; yields (base URL, toy run)."""
+    from test_task_spec import BrightTask
+
+    from recogen.cli import main
+    from recogen.serve import create_app
+    from recogen.tasks import TASKS, register_task
+
+    register_task(BrightTask)
+    try:
+        run = tmp_path_factory.mktemp("toy-task") / "toy"
+        assert main(["bright", "train", "--out", str(run), "--epochs", "1", "--no-progress"]) == 0
+        app = create_app([str(run), str(served_runs()["clf"])])
+        with ServerThread(app) as url:
+            yield url, run
+    finally:
+        TASKS.pop("bright", None)
+
+
+def test_page_serves_a_newly_registered_task_from_its_spec_and_shows_the_answer_as_a_table(browser, toy_site, tmp_path):
+    import httpx
+
+    url, _ = toy_site
+    infos = {m["name"]: m for m in httpx.get(f"{url}/v1/models").json()["models"]}
+    assert infos["toy"]["endpoint"] == "/v1/bright" and infos["toy"]["params"] == [] and not infos["toy"]["samples"]
+    assert [p["name"] for p in infos["clf"]["params"]] == ["topk"]
+    pg = browser.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url + "/")
+    pg.wait_for_selector("body[data-state=ready]", timeout=20_000)
+    assert pg.eval_on_selector_all("#model option", "els => els.map(e => e.value)") == ["toy", "clf"]
+    pg.select_option("#model", "toy")
+    assert "bright" in pg.inner_text("#model-info")
+    assert pg.is_visible("#predict-panel") and not pg.is_visible("#generate-panel")
+    assert pg.locator("#params label").count() == 0  # the toy task takes no parameter but the model
+    data = digit_pngs()[7]
+    _upload(pg, tmp_path, "digit.png", data)
+    want = httpx.post(f"{url}/v1/bright", files={"file": ("d.png", data, "image/png")}).json()
+    assert pg.get_attribute("#result", "data-state") == "fields" and pg.is_visible("#table")
+    rows = pg.eval_on_selector_all("#table tr[data-key]", "els => els.map(e => [e.dataset.key, e.cells[1].textContent])")
+    assert rows == [[k, str(v)] for k, v in want.items()] and "label" in want
+    assert want["label"] in pg.inner_text("#status") and pg.locator("#bars .bar").count() == 0
+    # the classifier next to it still gets its Top-k control and bars; switching re-predicts the same image
+    pg.select_option("#model", "clf")
+    pg.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=20_000)
+    pg.wait_for_selector("#result[data-state=topk]", timeout=20_000)
+    assert pg.is_visible("#param-topk") and pg.locator("#bars .bar").count() == 5 and not pg.is_visible("#table")
+    pg.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -1,12 +1,25 @@
 // recogen web page: plain JavaScript, no build step, no network beyond this server.
+//
+// The page knows no task by name: it builds itself from GET /v1/models. A model with an "endpoint"
+// reads one image: its "params" become the controls (numbers, checkboxes, choices) and an upload is
+// POSTed to the endpoint with them; the answer is drawn by its shape (RENDERERS). A model whose info
+// says "samples" gets the generate panel (POST /v1/generate). So a newly registered task shows up here
+// with no edit of this file.
+//
 // State for tests and scripts: body[data-state] is loading | ready | busy | done | error;
-// canvas[data-boxes] counts the boxes drawn; each .bar has data-label and data-prob.
+// #result[data-state] is empty | topk | detections | overlay | fields | samples (the view drawn);
+// canvas[data-boxes] counts the boxes drawn; each .bar has data-label and data-prob; each parameter
+// control is #param-NAME (name=NAME) inside label[data-param=NAME]; each row of the generic result
+// table has data-key.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"];
+// Labels of well-known parameter names, used when a spec's field sets no title (Field(title=...)).
+const LABELS = { topk: "Top-k", conf: "Min score", iou: "IoU", max_det: "Max boxes", alpha: "Opacity" };
 let models = [];
 let image = null;  // the last chosen File
+const kept = new Map();  // "endpoint name" -> the value the user gave, kept across model switches
 
 function setState(state, message = "", error = false) {
   document.body.dataset.state = state;
@@ -31,6 +44,9 @@ async function api(path, options = {}) {
 
 function current() { return models.find((m) => m.name === $("model").value); }
 
+// The endpoint relative to the page ("/v1/x" -> "v1/x"), so that the page also works behind a path prefix.
+function relative(path) { return path.replace(/^\/+/, ""); }
+
 function clearResult() {
   $("bars").replaceChildren();
   for (const id of ["canvas", "overlay", "grid", "table"]) $(id).hidden = true;
@@ -39,20 +55,101 @@ function clearResult() {
   $("result").dataset.state = "empty";
 }
 
+// ---------------------------------------------------------------------------------- parameters
+function labelOf(p) {
+  if (p.title) return p.title;
+  if (LABELS[p.name]) return LABELS[p.name];
+  const words = p.name.replace(/_/g, " ");
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+// The control of one parameter, or null for a type the page cannot edit (the server's default applies).
+function control(p) {
+  let input;
+  if (p.enum) {
+    input = document.createElement("select");
+    if (p.nullable || p.default === null || p.default === undefined) input.add(new Option("default", ""));
+    for (const v of p.enum) input.add(new Option(String(v), String(v)));
+    if (p.default !== null && p.default !== undefined) input.value = String(p.default);
+  } else if (p.type === "integer" || p.type === "number") {
+    input = document.createElement("input");
+    input.type = "number";
+    const lo = p.minimum ?? p.exclusive_minimum, hi = p.maximum ?? p.exclusive_maximum;
+    if (lo !== undefined) input.min = String(lo);
+    if (hi !== undefined) input.max = String(hi);
+    // Integers step by 1; a number bounded within 1 by a twentieth of its range (0.05 on 0..1); others freely.
+    input.step = p.type === "integer" ? "1" : lo !== undefined && hi !== undefined && hi - lo <= 1 ? String((hi - lo) / 20) : "any";
+    if (p.default !== null && p.default !== undefined) input.value = String(p.default);
+    else input.placeholder = "default";
+  } else if (p.type === "boolean") {
+    // A checkbox that starts ticked: a boolean parameter switches on an optional part of the answer
+    // (e.g. a mask and its overlay), and the page is there to show the whole answer. Untick to leave it out.
+    input = document.createElement("input");
+    input.type = "checkbox";
+    input.checked = true;
+  } else if (p.type === "string") {
+    input = document.createElement("input");
+    input.type = "text";
+    if (p.default !== null && p.default !== undefined) input.value = String(p.default);
+    else input.placeholder = "default";
+  } else {
+    return null;
+  }
+  input.id = `param-${p.name}`;
+  input.name = p.name;
+  if (p.description) input.title = p.description;
+  const label = document.createElement("label");
+  label.dataset.param = p.name;
+  if (p.description) label.title = p.description;
+  if (input.type === "checkbox") label.append(input, ` ${labelOf(p)}`);
+  else label.append(`${labelOf(p)} `, input);
+  return label;
+}
+
+function showParams(m) {
+  const box = $("params");
+  box.replaceChildren();
+  for (const p of m.params || []) {
+    const el = control(p);
+    if (!el) continue;
+    const input = el.querySelector("input, select");
+    const key = `${m.endpoint} ${p.name}`;
+    if (kept.has(key)) {
+      if (input.type === "checkbox") input.checked = kept.get(key); else input.value = kept.get(key);
+    }
+    input.addEventListener("change", () => kept.set(key, input.type === "checkbox" ? input.checked : input.value));
+    box.appendChild(el);
+  }
+}
+
+// The query string of a prediction: the model and every parameter the user left a value in.
+function query(m) {
+  const q = new URLSearchParams({ model: m.name });
+  for (const input of $("params").querySelectorAll("input, select")) {
+    if (input.type === "checkbox") q.set(input.name, input.checked ? "true" : "false");
+    else if (input.value.trim() !== "") q.set(input.name, input.value.trim());
+  }
+  return q;
+}
+
+// ------------------------------------------------------------------------------------- models
 function showModel() {
   const m = current();
   clearResult();
   if (!m) return;
-  const generative = m.task === "generate";
-  $("predict-panel").hidden = generative;
-  $("generate-panel").hidden = !generative;
-  $("model-info").textContent = `${m.task} · ${m.model} · ${m.classes.length} classes · ${m.image_size}px · ${m.backend}`;
-  for (const el of document.querySelectorAll(".params [data-task]")) el.hidden = el.dataset.task !== m.task;
-  if (generative) {
+  const reads = Boolean(m.endpoint), draws = !reads && Boolean(m.samples);
+  $("predict-panel").hidden = !reads;
+  $("generate-panel").hidden = !draws;
+  const classes = Array.isArray(m.classes) ? `${m.classes.length} classes` : null;
+  $("model-info").textContent = [m.task, m.model, classes, m.image_size ? `${m.image_size}px` : null, m.backend]
+    .filter((x) => x !== null && x !== undefined && x !== "").join(" · ");
+  if (reads) showParams(m);
+  if (draws) {
     const sel = $("gen-class");
-    sel.replaceChildren(new Option("every class in turn", ""), ...m.classes.map((c) => new Option(c, c)));
+    sel.replaceChildren(new Option("every class in turn", ""), ...(m.classes || []).map((c) => new Option(c, c)));
     $("gen-class-label").hidden = !m.conditional;
   }
+  if (!reads && !draws) setState("ready", `The page cannot use ${m.name}: it neither reads images nor draws them.`);
 }
 
 async function loadModels() {
@@ -63,10 +160,11 @@ async function loadModels() {
     return;
   }
   $("model").replaceChildren(...models.map((m) => new Option(`${m.name} (${m.task})`, m.name)));
-  showModel();
   setState("ready", models.length ? "Choose or drop an image." : "This server has no models.");
+  showModel();
 }
 
+// ------------------------------------------------------------------------------------ results
 function table(rows, head) {
   const t = $("table");
   t.replaceChildren();
@@ -74,9 +172,10 @@ function table(rows, head) {
   for (const h of head) { const th = document.createElement("th"); th.textContent = h; tr.appendChild(th); }
   for (const r of rows) { const row = t.insertRow(); for (const v of r) row.insertCell().textContent = v; }
   t.hidden = false;
+  return t;
 }
 
-function renderClassify(r) {
+function renderTopk(r) {
   const bars = r.topk.map((t) => {
     const row = document.createElement("div");
     row.className = "bar";
@@ -91,10 +190,11 @@ function renderClassify(r) {
     return row;
   });
   $("bars").replaceChildren(...bars);
-  return `${r.label} (${(100 * r.prob).toFixed(1)}%)`;
+  const best = r.label !== undefined ? r : r.topk[0] || {};
+  return best.prob !== undefined ? `${best.label} (${(100 * best.prob).toFixed(1)}%)` : `${r.topk.length} label(s)`;
 }
 
-async function renderDetect(r, file) {
+async function renderDetections(r, file) {
   const bitmap = await createImageBitmap(file);
   const c = $("canvas");
   // Draw at least 256 px wide so that boxes on small images stay visible.
@@ -104,45 +204,76 @@ async function renderDetect(r, file) {
   g.imageSmoothingEnabled = false;
   g.drawImage(bitmap, 0, 0, c.width, c.height);
   g.lineWidth = 2; g.font = "13px sans-serif";
-  for (const d of r.detections) {
+  r.detections.forEach((d, i) => {
     const [x1, y1, x2, y2] = d.box.map((v) => v * scale);
-    const colour = COLOURS[d.index % COLOURS.length];
+    const colour = COLOURS[(d.index ?? i) % COLOURS.length];
     g.strokeStyle = colour; g.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    const text = `${d.label} ${d.score.toFixed(2)}`;
+    const text = d.score !== undefined ? `${d.label} ${d.score.toFixed(2)}` : String(d.label);
     g.fillStyle = colour; g.fillRect(x1, Math.max(0, y1 - 16), g.measureText(text).width + 6, 16);
     g.fillStyle = "#fff"; g.fillText(text, x1 + 3, Math.max(12, y1 - 4));
-  }
+  });
   c.dataset.boxes = String(r.detections.length);
   c.hidden = false;
-  table(r.detections.map((d) => [d.label, d.score.toFixed(3), d.box.map((v) => v.toFixed(0)).join(", ")]), ["label", "score", "box (x1, y1, x2, y2)"]);
+  table(r.detections.map((d) => [d.label, d.score !== undefined ? d.score.toFixed(3) : "", d.box.map((v) => v.toFixed(0)).join(", ")]),
+    ["label", "score", "box (x1, y1, x2, y2)"]);
   return `${r.detections.length} object(s)`;
 }
 
-function renderSegment(r) {
+function renderOverlay(r) {
   $("overlay").src = `data:image/png;base64,${r.overlay_png}`;
   $("overlay").hidden = false;
-  const total = r.size[0] * r.size[1];
-  const rows = Object.entries(r.class_pixels).sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, v, `${(100 * v / total).toFixed(1)}%`]);
-  table(rows, ["class", "pixels", "share"]);
-  return `${rows.length} class(es) present`;
+  if (r.class_pixels && typeof r.class_pixels === "object") {
+    const total = Array.isArray(r.size) ? r.size[0] * r.size[1] : Object.values(r.class_pixels).reduce((a, b) => a + b, 0);
+    const rows = Object.entries(r.class_pixels).sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, v, `${(100 * v / total).toFixed(1)}%`]);
+    table(rows, ["class", "pixels", "share"]);
+    return `${rows.length} class(es) present`;
+  }
+  const { overlay_png, ...rest } = r;
+  renderFields(rest);
+  return "overlay";
+}
+
+// One cell's text: strings and numbers as they are, anything else as JSON; long values shortened.
+function cell(v) {
+  const s = typeof v === "string" ? v : typeof v === "number" ? String(Number.isInteger(v) ? v : Number(v.toPrecision(6))) : JSON.stringify(v);
+  return s.length > 160 ? `${s.slice(0, 157)}... (${s.length} characters)` : s;
+}
+
+function renderFields(r) {
+  const entries = Object.entries(r);
+  const t = table(entries.map(([k, v]) => [k, cell(v)]), ["field", "value"]);
+  entries.forEach(([k], i) => { t.rows[i + 1].dataset.key = k; });
+  if (r.label !== undefined && typeof r.label !== "object") return String(r.label);
+  return `${entries.length} field(s)`;
+}
+
+// How an answer is drawn, by its shape (the first that fits): the task's name plays no part.
+const RENDERERS = [
+  ["topk", (r) => Array.isArray(r.topk), renderTopk],
+  ["detections", (r) => Array.isArray(r.detections), renderDetections],
+  ["overlay", (r) => typeof r.overlay_png === "string", renderOverlay],
+  ["fields", () => true, renderFields],
+];
+
+async function render(r, file) {
+  if (r === null || typeof r !== "object" || Array.isArray(r)) r = { result: r };
+  const [view, , draw] = RENDERERS.find(([, fits]) => fits(r));
+  const summary = await draw(r, file);
+  $("result").dataset.state = view;
+  return summary;
 }
 
 async function predict(file) {
   const m = current();
-  if (!m || m.task === "generate") return;
+  if (!m || !m.endpoint) return;
   image = file;
   clearResult();
   setState("busy", `${m.task}: ${file.name} ...`);
-  const q = new URLSearchParams({ model: m.name });
-  if (m.task === "classify") q.set("topk", $("topk").value);
-  if (m.task === "detect") q.set("conf", $("conf").value);
-  if (m.task === "segment") { q.set("mask", "true"); q.set("alpha", $("alpha").value); }
   const form = new FormData();
   form.append("file", file);
   try {
-    const r = await (await api(`v1/${m.task}?${q}`, { method: "POST", body: form })).json();
-    const summary = m.task === "classify" ? renderClassify(r) : m.task === "detect" ? await renderDetect(r, file) : renderSegment(r);
-    $("result").dataset.state = m.task;
+    const r = await (await api(`${relative(m.endpoint)}?${query(m)}`, { method: "POST", body: form })).json();
+    const summary = await render(r, file);
     setState("done", `${file.name}: ${summary}`);
   } catch (e) {
     setState("error", e.message, true);
@@ -162,7 +293,7 @@ async function generate(event) {
     if (grid.src) URL.revokeObjectURL(grid.src);
     grid.src = URL.createObjectURL(blob);
     grid.hidden = false;
-    $("result").dataset.state = "generate";
+    $("result").dataset.state = "samples";
     setState("done", `${body.n} image(s), seed ${body.seed}${body.class !== undefined ? `, class ${body.class}` : ""}`);
   } catch (e) {
     setState("error", e.message, true);
@@ -173,7 +304,7 @@ function setup() {
   const key = localStorage.getItem("recogen-api-key");
   if (key) $("api-key").value = key;
   $("api-key").addEventListener("change", () => { localStorage.setItem("recogen-api-key", $("api-key").value.trim()); loadModels(); });
-  $("model").addEventListener("change", () => { showModel(); if (image && current().task !== "generate") predict(image); });
+  $("model").addEventListener("change", () => { showModel(); const m = current(); if (image && m && m.endpoint) predict(image); });
   $("file").addEventListener("change", (e) => { if (e.target.files.length) predict(e.target.files[0]); });
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });

@@ -107,6 +107,39 @@ def test_precision_recall_knn_radii_by_hand():
     assert p == 1.0 and r == 1.0
 
 
+def _pr_reference(real: torch.Tensor, fake: torch.Tensor, k: int) -> tuple[float, float]:
+    """Kynkäänniemi et al.'s precision and recall written out with whole distance matrices, in float64."""
+    real, fake = real.double(), fake.double()
+    real_radii = torch.cdist(real, real).kthvalue(k + 1, dim=1).values  # the 0-th neighbour is the point itself
+    fake_radii = torch.cdist(fake, fake).kthvalue(k + 1, dim=1).values
+    precision = (torch.cdist(fake, real) <= real_radii[None]).any(1).double().mean()
+    recall = (torch.cdist(real, fake) <= fake_radii[None]).any(1).double().mean()
+    return float(precision), float(recall)
+
+
+@pytest.mark.parametrize("n_real, n_fake, dim, k, chunk", [
+    (50, 57, 4, 3, 1024), (300, 300, 8, 3, 64), (700, 650, 16, 3, 100), (1500, 1507, 5, 3, 1024),
+    (200, 180, 6, 1, 1024), (200, 230, 6, 5, 50),
+])
+def test_precision_recall_equals_the_definition_on_random_features(n_real, n_fake, dim, k, chunk):
+    """torch-fidelity computes it (generated set first); the numbers are the definition's, bit for bit,
+    whatever the chunk size, and float64 like the rest of metrics.json (not torch-fidelity's float32 mean)."""
+    g = torch.Generator().manual_seed(n_real + k)
+    real = torch.randn(n_real, dim, generator=g)
+    fake = torch.randn(n_fake, dim, generator=g) * 1.2 + 0.1
+    assert G.precision_recall(real, fake, k=k, chunk=chunk) == _pr_reference(real, fake, k)
+
+
+def test_precision_recall_gives_the_previous_numbers():
+    # What the hand-written k-NN version that torch-fidelity replaced returned for these features.
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(50, 4, generator=g), torch.randn(57, 4, generator=g) * 1.2 + 0.1
+    assert G.precision_recall(real, fake) == (0.7719298245614035, 0.98)
+    g = torch.Generator().manual_seed(3)
+    real, fake = torch.randn(1500, 5, generator=g), torch.randn(1507, 5, generator=g) * 1.2 + 0.1
+    assert G.precision_recall(real, fake) == (0.8732581287325812, 0.9786666666666667)
+
+
 def test_fid_matches_scipy(feats):
     for other in ("B", "blur", "noise"):
         ours = G.fid_from_features(feats["A"], feats[other])
@@ -192,6 +225,20 @@ def test_extractor_spec_errors(tmp_path):
         G.create_extractor("classifier")
     with pytest.raises(RunError):
         G.create_extractor(f"classifier:{tmp_path / 'nope'}")
+    with pytest.raises(ConfigError, match="--features-weights is for --features inception"):
+        G.create_extractor(f"classifier:{tmp_path}", weights_path=tmp_path / "w.pth")
+
+
+def test_classifier_extractor_refuses_a_run_of_another_task(clf_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "gen"
+    other.mkdir()
+    shutil.copy(clf_run / "model.safetensors", other / "model.safetensors")
+    card = json.loads((clf_run / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**card, "task": "generate"}))
+    with pytest.raises(RunError, match=f"^{other} holds a generate model, not a classifier$"):
+        G.create_extractor(f"classifier:{other}")
 
 
 # --------------------------------------------------------------------------------------- inception

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError, ModelError, OfflineError
+from ..errors import ConfigError, DataError, ModelError, OfflineError, RunError
 from ..registry import Registry
 
 EXTRACTORS: Registry = Registry("feature extractor", error=ConfigError)
@@ -60,8 +60,8 @@ class FeatureExtractor(nn.Module):
 class ClassifierFeatures(FeatureExtractor):
     """The input of a classifier's last ``nn.Linear`` (its penultimate features), caught by a hook.
 
-    Images are fitted to the card's size and channels and normalised exactly as the classifier was
-    trained (recogen.tasks.classify.predict_probs), so the features are the ones it learned.
+    Images are fitted to the card's size and channels and normalised with the card's mean and std,
+    exactly as the classifier was trained, so the features are the ones it learned.
     """
 
     def __init__(self, model: nn.Module, card: dict[str, Any], name: str):
@@ -112,10 +112,12 @@ def classifier_extractor(arg: str | None, *, weights_path: str | Path | None = N
         raise ConfigError("--features classifier needs a run: --features classifier:RUN (a recogen classify run folder)")
     if weights_path is not None:
         raise ConfigError("--features-weights is for --features inception; a classifier run carries its own weights")
-    from ..tasks.classify import load
+    from ..artifact import load_portable
 
-    clf = load(arg, device)  # RunError when RUN is missing or not a classifier
-    return ClassifierFeatures(clf.model, clf.card, name=f"classifier:{arg}").to(device)
+    model, card = load_portable(arg, device)  # RunError when RUN is missing or damaged
+    if card.get("task") != "classify":
+        raise RunError(f"{arg} holds a {card.get('task')} model, not a classifier")
+    return ClassifierFeatures(model, card, name=f"classifier:{arg}").to(device)
 
 
 @EXTRACTORS.register("inception", description="torch-fidelity Inception-v3 pool features (2048-d), the reference FID")
@@ -240,30 +242,25 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, *, subset_size: in
     return {"kid_mean": float(mean), "kid_std": float(std), "kid_subset_size": size, "kid_subsets": subsets}
 
 
-def _kth_nn_radii(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    # Distance from each sample to its k-th nearest *other* sample (the sample itself is the 0-th).
-    return torch.cat([torch.cdist(x[i : i + chunk], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), chunk)])
-
-
-def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int) -> float:
-    # Fraction of ``points`` inside at least one ball (centre, radius): the estimated manifold.
-    hits = [(torch.cdist(points[i : i + chunk], centres) <= radii[None]).any(1) for i in range(0, len(points), chunk)]
-    return float(torch.cat(hits).double().mean())
-
-
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K, chunk: int = 1024) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of ``fake`` against ``real`` features.
 
     Each set's manifold is the union of balls around its samples, radius the distance to the k-th
     nearest neighbour in the same set. Precision: share of fake samples inside the real manifold
     (are samples realistic?); recall: share of real samples inside the fake manifold (is the variety
-    covered?). Memory is ``chunk`` x N distances at a time.
+    covered?). Computed by torch-fidelity (``metric_prc``, generated set first) in float64, ``chunk``
+    x N distances at a time.
     """
     _need(real, fake, k + 1, f"precision/recall with k={k}")
+    try:
+        from torch_fidelity.metric_prc import prc_features_to_metric
+    except ImportError:
+        raise ConfigError("precision/recall needs torch-fidelity 0.4 or later: pip install -U torch-fidelity") from None
+
     real, fake = real.double(), fake.double()
-    precision = _covered(fake, real, _kth_nn_radii(real, k, chunk), chunk)
-    recall = _covered(real, fake, _kth_nn_radii(fake, k, chunk), chunk)
-    return precision, recall
+    out = prc_features_to_metric(fake, real, prc_neighborhood=k, prc_batch_size=chunk, save_cpu_ram=True, verbose=False)
+    # torch-fidelity averages the 0/1 hits in float32; the counts are exact, so report count / n in float64.
+    return round(out["precision"] * len(fake)) / len(fake), round(out["recall"] * len(real)) / len(real)
 
 
 def _need(real: torch.Tensor, fake: torch.Tensor, n: int, what: str) -> None:

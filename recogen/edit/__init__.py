@@ -1,4 +1,4 @@
-"""Editing images with a trained generator (issue 4, "Editing").
+"""Editing images with a trained generator.
 
 Four operations, each on a run of ``recogen generate train`` and each written as a result PNG plus a
 before/after strip (``*_strip.png``):
@@ -9,7 +9,8 @@ before/after strip (``*_strip.png``):
 * :func:`attribute` - latent arithmetic along the direction from one labelled group to another.
 
 How each family reaches a latent (VAE: encoder means; GAN: latent search; diffusion: DDIM inversion)
-lives in one :class:`~recogen.edit.base.Editor` per family, registered by family name.
+lives in one :class:`~recogen.edit.base.Editor` per family, registered by family name
+(:mod:`recogen.edit.families`).
 
 >>> import recogen.edit
 >>> res = recogen.edit.interpolate("runs/generate/vae", "a.png", "b.png", steps=8, out="ab.png")

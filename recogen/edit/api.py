@@ -10,8 +10,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, DataError, RunError
-from .base import get_editor, to_float, to_uint8
-from .io import load_generator, out_paths, read_image, read_mask, row, write_png
+from ..data.images import write_png
+from .base import to_float, to_uint8
+from .families import get_editor
+from .io import load_generator, out_paths, read_image, read_mask, row
 
 GREY = 128  # how the hole to fill is shown in the inpainting strip
 

@@ -4,6 +4,10 @@ An :class:`Editor` wraps a loaded generator (``recogen.load(RUN)``) and maps ima
 [0, 1], (N, C, H, W)) to latents and back. The operations in :mod:`recogen.edit.api` only call these
 methods, so they never branch on the family; the family is read from the model's registration
 (``recogen.models.model_meta(name)["family"]``).
+
+The family modules register their editors in :data:`EDITORS` when imported; :mod:`recogen.edit.families`
+imports them all and picks one (:func:`~recogen.edit.families.get_editor`). This module imports none of
+them, so they can import it.
 """
 from __future__ import annotations
 
@@ -79,18 +83,6 @@ class Editor:
 
     def _cannot(self, what: str) -> ModelError:
         return ModelError(f"{self.card['model']} ({self.family}) cannot {what}; use a vae, dcgan or ddpm run")
-
-
-def get_editor(gen, **opts: Any) -> Editor:
-    """The editor of ``gen``'s family, with ``opts`` checked against the family's options."""
-    from ..models import model_meta
-    from . import diffusion, gan, vae  # noqa: F401 - register the editors
-
-    family = model_meta(gen.card["model"]).get("family")
-    if family not in EDITORS.names():
-        raise ModelError(f"{gen.card['model']} (family {family}) has no editor; edit works with runs of the "
-                         f"families {', '.join(EDITORS.names())} (vae, dcgan, ddpm)")
-    return EDITORS.get(family).fn(gen, **opts)
 
 
 # ----------------------------------------------------------------------------------------- helpers

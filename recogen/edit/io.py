@@ -1,4 +1,4 @@
-"""Reading the inputs of an edit at the model's size and channels, and writing its PNGs."""
+"""Reading the inputs of an edit at the model's size and channels, and naming and laying out its PNGs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,6 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, DataError
-from ..utils import atomic_write
 
 
 def load_generator(run: Any):
@@ -104,16 +103,6 @@ def out_paths(out: Any, run_path: Path | None, op: str) -> tuple[Path, Path]:
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must end in .png, got {out}")
     return out, out.with_name(out.stem + "_strip.png")
-
-
-def write_png(img: torch.Tensor, path: Path) -> Path:
-    """Write one uint8 image (C, H, W) as PNG (atomically)."""
-    from PIL import Image
-
-    arr = img.permute(1, 2, 0).contiguous().numpy()
-    pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-    atomic_write(path, lambda t: pil.save(t, format="PNG"))
-    return Path(path)
 
 
 def row(images: torch.Tensor, pad: int = 2) -> torch.Tensor:

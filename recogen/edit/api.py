@@ -180,14 +180,14 @@ def _labelled(gen, data: str | None) -> tuple[torch.Tensor, torch.Tensor, list[s
     """Training images (uint8, at the model's size) with labels: ``data``, or the run's own data set."""
     from ..config import GenerateConfig
     from ..data import DataOptions, create_dataset
-    from ..tasks import common
+    from ..tasks.runs import data_options, load_run_config
 
     if data is None:
         if gen.path is None or not (Path(gen.path) / "config.yaml").is_file():
             raise RunError(f"{gen.path} has no config.yaml to rebuild its data set from; pass --data DATA")
-        cfg = common.load_run_config(GenerateConfig, Path(gen.path))
+        cfg = load_run_config(GenerateConfig, Path(gen.path))
         # The same options as training (config.yaml holds the resolved image size), so the same pixels.
-        splits, source = create_dataset(cfg.data, common.data_options(cfg)), cfg.data
+        splits, source = create_dataset(cfg.data, data_options(cfg)), cfg.data
     else:
         opts = DataOptions(image_size=gen.card["image_size"], channels=gen.card["in_chans"])
         splits, source = create_dataset(data, opts), data

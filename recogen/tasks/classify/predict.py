@@ -52,7 +52,8 @@ def evaluate_model(model, card: dict[str, Any], ds: ImageSet, run: Path | None, 
 class ClassifyParams(Params):
     """``POST /v1/classify`` parameters."""
 
-    topk: int = Field(5, ge=1, le=1000, description="how many labels to return (capped at the number of classes)")
+    topk: int = Field(5, ge=1, le=1000, title="Top-k",
+        description="how many labels to return (capped at the number of classes)")
 
 
 class Classifier(Predictor):

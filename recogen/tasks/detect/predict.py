@@ -18,9 +18,12 @@ from .outputs import detect_batch, keep_detections, postprocess
 class DetectParams(Params):
     """``POST /v1/detect`` parameters."""
 
-    conf: Optional[float] = Field(None, ge=0, le=1, description="minimum score (default: the model's, 0.25)")
-    iou: Optional[float] = Field(None, gt=0, le=1, description="IoU threshold of class-wise NMS (default 0.45)")
-    max_det: Optional[int] = Field(None, ge=1, le=1000, description="most boxes per image (default 100)")
+    conf: Optional[float] = Field(None, ge=0, le=1, title="Min score",
+        description="minimum score (default: the model's, 0.25)")
+    iou: Optional[float] = Field(None, gt=0, le=1, title="IoU",
+        description="IoU threshold of class-wise NMS (default 0.45)")
+    max_det: Optional[int] = Field(None, ge=1, le=1000, title="Max boxes",
+        description="most boxes per image (default 100)")
 
 
 class Detector(Predictor):

@@ -324,11 +324,12 @@ def test_corrupt_image_is_one_line_data_error_and_nothing_is_written(tiny, tmp_p
 
 
 def test_data_without_masks_is_a_data_error():
+    from recogen.data.batches import MaskBatches
     from recogen.data.dense import DenseSet
 
     ds = DenseSet(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.long)] * 2)
     with pytest.raises(DataError, match="no masks"):
-        segment.mask_batches(ds, 2)
+        MaskBatches(ds, 2)
 
 
 def test_evaluate_writes_metrics_and_plots(tiny):
@@ -350,11 +351,11 @@ def test_defaults_fit_the_data_and_the_cpu_budget(monkeypatch, bf16):
     from recogen.config import SegmentConfig
     from recogen.data import DataOptions
     from recogen.data.dense import create_dense_dataset
-    from recogen.tasks import common
+    from recogen.tasks import trainer
 
     # The CPU's bf16 capability is faked both ways: the precision follows it, nothing else does.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(common, "bf16_supported", lambda: bf16)
+    monkeypatch.setattr(trainer, "bf16_supported", lambda: bf16)
     splits = create_dense_dataset("shapes:600", DataOptions(image_size=128, channels=3))
     cfg, why = segment.resolve_defaults(SegmentConfig(data="shapes:600", image_size=128), splits)
     # The benchmarked recipe (BENCHMARKS.md): an 8-minute budget; the data bound the epochs at 4x
@@ -402,3 +403,24 @@ def test_default_loss_is_resolved_and_kept_when_given():
     splits = create_dense_dataset("shapes:40", DataOptions(image_size=32, channels=3))
     assert segment.resolve_defaults(SegmentConfig(data="shapes:40"), splits)[0].loss == "ce+dice"
     assert segment.resolve_defaults(SegmentConfig(data="shapes:40", loss="ce"), splits)[0].loss == "ce"
+
+
+def test_service_hooks_answer_like_the_predictor(tiny):
+    import base64
+    import io
+
+    from PIL import Image
+
+    task = segment.TASK
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (30, 41, 3), dtype=np.uint8))
+    seg = segment.load(tiny)
+    want = seg.predict(img, alpha=0.3)
+    params = task.params_model()(mask=True, alpha=0.3)
+    answer = task.serve_response(*task.serve_prepare(seg, img), params)
+    assert answer["size"] == [30, 41] and answer["class_pixels"] == want["class_pixels"]
+    mask = Image.open(io.BytesIO(base64.b64decode(answer["mask_png"])))
+    assert mask.mode == "P" and np.array_equal(np.asarray(mask), want["mask"])
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"]))))
+    assert np.array_equal(overlay, want["overlay"])
+    plain = task.serve_response(seg, img, task.params_model()())
+    assert set(plain) == {"size", "class_pixels"}

@@ -1,0 +1,134 @@
+"""Segmentation results: the Segmenter, the class-mask PNG and overlay it writes, and the service's answer."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ...data.images import encode_png, expand_inputs, fit_to_card, open_image, palette, write_png
+from ...plots import overlay
+from ..params import Params
+from ..predictor import Predictor
+from .evaluation import predict_logits
+
+
+def _background(classes: list[str]) -> int | None:
+    return 0 if classes and classes[0] == "background" else None
+
+
+def mask_image(mask: np.ndarray):
+    """A class mask (H, W) as a palette ("P") PIL image: the pixel values are the class indices
+    (``np.array(Image.open(p))`` gives the mask back) and any viewer shows them in colour."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").convert("P")
+    img.putpalette(palette().ravel().tolist())
+    return img
+
+
+class SegmentParams(Params):
+    """``POST /v1/segment`` parameters."""
+
+    mask: bool = Field(False, description="also return mask_png (class index per pixel) and overlay_png, base64 PNGs")
+    alpha: float = Field(0.5, ge=0, le=1, description="opacity of the class colours in overlay_png")
+
+
+class Segmenter(Predictor):
+    """A trained segmenter, ready to predict. Get one with ``recogen.load(RUN)``.
+
+    >>> seg = recogen.load("runs/segment/shapes")
+    >>> r = seg.predict("scene.png")
+    >>> r["size"], r["class_pixels"]            # mask r["mask"]: uint8 (H, W) at the image's own size
+    ([128, 128], {'background': 13210, 'star': 3174})
+    """
+
+    task = "segment"
+
+    def preprocess(self, image) -> torch.Tensor:
+        """One image as a uint8 batch of one at the model's channels and input size."""
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        img = open_image(image).convert("L" if self.card["in_chans"] == 1 else "RGB")
+        return fit_to_card(pil_to_tensor(img).unsqueeze(0), self.card)
+
+    def predict(self, images, alpha: float = 0.5):
+        """Class mask of one image (returns a dict) or a list of them (a list of dicts).
+
+        Each image may be a path, bytes, a PIL image or a uint8 numpy array. A result holds "path"
+        (for a path), "size" [H, W], "class_pixels" {class: pixel count} of the classes present,
+        "mask" (uint8 numpy (H, W) of class indices at the image's original size) and "overlay"
+        (uint8 RGB (H, W, 3), the image with class colours blended in at ``alpha``).
+        """
+
+        def batch(srcs: list) -> list[dict[str, Any]]:
+            pils = [open_image(src) for src in srcs]  # decode all first: a corrupt file fails before any work
+            out = []
+            for img in pils:
+                # One image at a time: logits at the original size (K x H x W floats) can be large.
+                logits = predict_logits(self.model, self.card, self.preprocess(img), out_size=(img.height, img.width))
+                mask = logits[0].argmax(0).to(torch.uint8).numpy()
+                counts = np.bincount(mask.ravel(), minlength=len(self.classes))
+                out.append({"size": [img.height, img.width],
+                            "class_pixels": {self.classes[i]: int(c) for i, c in enumerate(counts) if c},
+                            "mask": mask,
+                            "overlay": overlay(np.array(img.convert("RGB")), mask, alpha, _background(self.classes))})
+            return out
+
+        return self.each(images, batch)
+
+
+def save_prediction(result: dict[str, Any], image, out_dir: str | Path, stem: str, alpha: float = 0.5) -> dict[str, str]:
+    """Write ``STEM_mask.png`` (class index per pixel, palette PNG) and ``STEM_overlay.png`` into ``out_dir``.
+
+    ``result`` is one result of :meth:`Segmenter.predict`; ``image`` the image it was made from (used
+    for the overlay when the result has none). Returns {"mask": path, "overlay": path}.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ov = result.get("overlay")
+    if ov is None:
+        ov = overlay(np.array(open_image(image).convert("RGB")), np.asarray(result["mask"], dtype=np.uint8), alpha)
+    paths = {"mask": write_png(mask_image(result["mask"]), out / f"{stem}_mask.png"),
+             "overlay": write_png(ov, out / f"{stem}_overlay.png")}
+    return {k: str(v) for k, v in paths.items()}
+
+
+def predict_files(run: str | Path, files: Iterable[str | Path], out_dir: str | Path | None = None,
+                  device: str = "cpu", backend: str = "torch") -> list[dict[str, Any]]:
+    """Segment image files (the CLI's ``predict``); JSON-able results, one per image.
+
+    Each result holds "path", "size" [H, W] and "class_pixels"; with ``out_dir`` also "mask_path"
+    and "overlay_path" of the PNGs written there. Every image is decoded before anything is written,
+    so a corrupt file is reported (DataError naming it) with nothing written.
+    """
+    paths = expand_inputs(files)
+    for p in paths:
+        open_image(p)  # fail on a corrupt image before any output exists
+    seg = Segmenter.load(run, device, backend)
+    stems: dict[str, int] = {}
+    results = []
+    for p in paths:
+        r = seg.predict(str(p))
+        item = {k: r[k] for k in ("path", "size", "class_pixels")}
+        if out_dir is not None:
+            # Same-named files from different folders get _2, _3... instead of overwriting each other.
+            k = stems[p.stem] = stems.get(p.stem, 0) + 1
+            written = save_prediction(r, p, out_dir, p.stem if k == 1 else f"{p.stem}_{k}")
+            item.update(mask_path=written["mask"], overlay_path=written["overlay"])
+        results.append(item)
+    return results
+
+
+def serve_response(predictor: Segmenter, image, params: SegmentParams) -> dict[str, Any]:
+    """The CLI's fields (size, class_pixels); with ``mask=true`` also the class mask (a palette PNG whose
+    pixel values are class indices) and the colour overlay, both base64 PNGs at the image's size."""
+    r = predictor.predict(image, alpha=params.alpha)
+    out = {"size": r["size"], "class_pixels": r["class_pixels"]}
+    if params.mask:
+        out["mask_png"] = base64.b64encode(encode_png(mask_image(r["mask"]))).decode("ascii")
+        out["overlay_png"] = base64.b64encode(encode_png(r["overlay"])).decode("ascii")
+    return out

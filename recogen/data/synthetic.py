@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RunError
 from .base import ImageSet, ImageSplits, convert_channels, resize_images
 
 MAX_PER_CLASS = 100_000
@@ -117,6 +117,16 @@ def check_disjoint(run: Path, splits: ImageSplits) -> str:
     return how + (" and source paths" if gen_paths else "")
 
 
+def _load_generator(run: Path):
+    """``(model, card)`` of the generate run in ``run`` (a RunError when it is damaged or of another task)."""
+    from ..artifact import load_portable
+
+    model, card = load_portable(run)
+    if card.get("task") != "generate":
+        raise RunError(f"{run} holds a {card.get('task')} model, not a generator")
+    return model, card
+
+
 def add_synthetic(splits: ImageSplits, spec: str, seed: int = 0, batch: int = 500) -> tuple[ImageSplits, str]:
     """``splits`` with N generated images per class appended to the training split, and a line saying so.
 
@@ -124,26 +134,29 @@ def add_synthetic(splits: ImageSplits, spec: str, seed: int = 0, batch: int = 50
     may differ: labels are mapped by name), and must not have trained on any of the data's val or test
     images (:func:`check_disjoint`; a run without ``splits.json`` is refused, as nothing shows what it saw).
     """
-    from ..tasks import generate
+    from ..models.generators.base import sample_uint8
 
     run, per_class = parse_spec(spec)
     if not run.exists():
         raise ConfigError(f"--synthetic: no run folder {run}; train one with `recogen generate train --conditional`")
-    gen = generate.load(run)
-    if not gen.conditional:
+    model, card = _load_generator(run)
+    classes: list[str] = card["classes"]
+    if not card.get("conditional"):
         raise ConfigError(f"--synthetic: {run} is unconditional, so its images have no labels; train the generator "
                           "with `recogen generate train --conditional`")
-    missing = [c for c in splits.classes if c not in gen.classes]
+    missing = [c for c in splits.classes if c not in classes]
     if missing:
         raise ConfigError(f"--synthetic: the generator in {run} does not know class(es) {', '.join(missing[:5])}; "
-                          f"its classes are {', '.join(gen.classes[:10])}")
+                          f"its classes are {', '.join(classes[:10])}")
     checked = check_disjoint(run, splits)
     images, labels = [], []
     for label, name in enumerate(splits.classes):
         # One seed per class (not one stream): adding a class to the data leaves the others' images alone.
+        asked = classes.index(name)
         for i in range(0, per_class, batch):
             k = min(batch, per_class - i)
-            images.append(gen.sample(k, seed=seed * 1_000_003 + label * 10_007 + i, class_=name))
+            images.append(sample_uint8(model, k, seed * 1_000_003 + label * 10_007 + i,
+                                       torch.full((k,), asked, dtype=torch.long)))
             labels.append(torch.full((k,), label, dtype=torch.long))
     # Converted exactly as the data loaders convert real images.
     fake = resize_images(convert_channels(torch.cat(images), splits.channels), splits.image_size)
@@ -151,5 +164,5 @@ def add_synthetic(splits: ImageSplits, spec: str, seed: int = 0, batch: int = 50
     paths = None if train.paths is None else [*train.paths, *(["<synthetic>"] * len(fake))]
     grown = ImageSet(torch.cat([train.images, fake]), torch.cat([train.labels, torch.cat(labels)]), paths)
     note = (f"synthetic: +{len(fake)} generated training images ({per_class} per class) from {run} "
-            f"({gen.card['model']}); val/test stay real, and none of them is among its training images ({checked})")
+            f"({card['model']}); val/test stay real, and none of them is among its training images ({checked})")
     return dataclasses.replace(splits, train=grown), note

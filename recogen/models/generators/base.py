@@ -60,6 +60,23 @@ class GenerativeModel(nn.Module):
         return labels
 
 
+@torch.no_grad()
+def sample_uint8(model: GenerativeModel, n: int, seed: int, labels: torch.Tensor | None = None, batch: int = 500,
+                 **opts: Any) -> torch.Tensor:
+    """``n`` samples of ``model`` as uint8 (N, C, H, W) on the CPU, drawn in batches of ``batch``.
+
+    One ``torch.Generator`` seeded with ``seed`` runs through all batches, so the same seed gives the
+    same images; ``labels`` (N,) are sliced per batch; ``opts`` go to ``model.sample``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch):
+        k = min(batch, n - i)
+        x = model.sample(k, generator=g, labels=None if labels is None else labels[i : i + k], **opts)
+        out.append(x.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu())
+    return torch.cat(out)
+
+
 def no_pretrained(name: str, pretrained: bool) -> None:
     if pretrained:
         raise ModelError(f"{name} has no published weights; train it with `recogen generate train --model {name}`")
@@ -68,7 +85,7 @@ def no_pretrained(name: str, pretrained: bool) -> None:
 class EMA(torch.optim.swa_utils.AveragedModel):
     """Exponential moving average of a network's weights and buffers (torch's AveragedModel).
 
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` so that short CPU runs, a few hundred
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` so that short runs, a few hundred
     steps long, are not dominated by the random initial weights (as in TensorFlow's EMA ``num_updates``).
     """
 

@@ -255,14 +255,15 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, background:
     from .data.dense import IGNORE_INDEX
     from .data.images import palette
 
+    image = np.asarray(image)
     img = image if image.ndim == 3 and image.shape[2] == 3 else np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
-    mask = torch.from_numpy(np.asarray(mask))
+    mask = torch.from_numpy(np.array(mask, copy=True))  # a copy: arrays of PIL images are read-only
     ids = [c for c in torch.unique(mask).tolist() if c != IGNORE_INDEX and c != background]
     if not ids:
         return np.array(img, dtype=np.uint8, copy=True)
     pal = palette()
     # In [0, 1] floats, so that the blend is rounded to the nearest uint8 (a uint8 image is truncated).
-    chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255
+    chw = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255
     masks = mask[None] == torch.tensor(ids, dtype=mask.dtype)[:, None, None]
     out = draw_segmentation_masks(chw, masks, alpha=alpha, colors=[tuple(int(v) for v in pal[c]) for c in ids])
     return (out * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()

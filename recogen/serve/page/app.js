@@ -15,8 +15,6 @@
 
 const $ = (id) => document.getElementById(id);
 const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"];
-// Labels of well-known parameter names, used when a spec's field sets no title (Field(title=...)).
-const LABELS = { topk: "Top-k", conf: "Min score", iou: "IoU", max_det: "Max boxes", alpha: "Opacity" };
 let models = [];
 let image = null;  // the last chosen File
 const kept = new Map();  // "endpoint name" -> the value the user gave, kept across model switches
@@ -58,7 +56,6 @@ function clearResult() {
 // ---------------------------------------------------------------------------------- parameters
 function labelOf(p) {
   if (p.title) return p.title;
-  if (LABELS[p.name]) return LABELS[p.name];
   const words = p.name.replace(/_/g, " ");
   return words.charAt(0).toUpperCase() + words.slice(1);
 }

@@ -33,8 +33,10 @@ def mask_image(mask: np.ndarray):
 class SegmentParams(Params):
     """``POST /v1/segment`` parameters."""
 
-    mask: bool = Field(False, description="also return mask_png (class index per pixel) and overlay_png, base64 PNGs")
-    alpha: float = Field(0.5, ge=0, le=1, description="opacity of the class colours in overlay_png")
+    mask: bool = Field(False, title="Mask",
+                       description="also return mask_png (class index per pixel) and overlay_png, base64 PNGs")
+    alpha: float = Field(0.5, ge=0, le=1, title="Opacity",
+                         description="opacity of the class colours in overlay_png")
 
 
 class Segmenter(Predictor):

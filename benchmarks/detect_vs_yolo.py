@@ -259,7 +259,7 @@ def score_yolo(pj: dict, splits) -> dict:
     """COCO metrics of the peer's test predictions with recogen's own metric code."""
     import torch
 
-    from recogen.data.formats import _file_name
+    from recogen.data.formats.writers import _file_name
     from recogen.metrics.detection import detection_metrics
 
     ours = {n: i for i, n in enumerate(splits.classes)}

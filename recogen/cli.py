@@ -210,7 +210,7 @@ COMMAND_MODULES: list[str] = ["recogen.serve.cli_serve", "recogen.edit.cli_edit"
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="recogen", description="Train, evaluate and use deep models for image recognition and generation.")
-    from . import __version__
+    from ._version import __version__
 
     p.add_argument("--version", action="version", version=f"recogen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)

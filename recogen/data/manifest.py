@@ -88,7 +88,7 @@ def write_manifest(run_dir: str | Path, splits: Any, config: Any = None) -> Path
 
     >>> write_manifest("runs/classify/digits", splits, cfg)
     """
-    from .. import __version__
+    from .._version import __version__
 
     run_dir = Path(run_dir)
     images = splits.train.images

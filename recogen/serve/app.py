@@ -222,7 +222,7 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
     >>> app = create_app(["runs/classify/digits"], api_key="secret")
     >>> import uvicorn; uvicorn.run(app, port=8000)
     """
-    from .. import __version__
+    from .._version import __version__
 
     if max_upload_mb <= 0 or max_pixels < 1 or max_side < 1 or max_generate < 1 or not body_timeout > 0:
         from ..errors import ConfigError

@@ -10,20 +10,17 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from ..errors import DataError, RunError
 from . import runs, trainer
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .spec import Task
-
 log = logging.getLogger("recogen.train")
 
 
-def train(task: "Task", config: Any = None, callbacks: Iterable | None = None, **options: Any) -> Path:
-    """Train ``task`` with ``config`` (a config object, dict or YAML path) updated by ``options``; returns
-    the run folder (config.yaml, checkpoints/, tensorboard/, history.json, model.safetensors + model.json,
+def train(task, config: Any = None, callbacks: Iterable | None = None, **options: Any) -> Path:
+    """Train ``task`` (a :class:`~recogen.tasks.spec.Task`) with ``config`` (a config object, dict or YAML
+    path) updated by ``options``; returns the run folder (config.yaml, checkpoints/, tensorboard/, history.json, model.safetensors + model.json,
     the task's metrics and plots, report.html)."""
     import torch
 
@@ -69,7 +66,7 @@ def train(task: "Task", config: Any = None, callbacks: Iterable | None = None, *
     return run
 
 
-def evaluate(task: "Task", run: str | Path, data: str | None = None, split: str | None = None, write: bool = True,
+def evaluate(task, run: str | Path, data: str | None = None, split: str | None = None, write: bool = True,
              device: str = "cpu") -> dict[str, Any]:
     """Evaluate a trained run of ``task`` on a split of its data (test, else val) or of another data set
     with the same classes; the task's :meth:`~recogen.tasks.spec.Task.evaluate_model` writes its files."""

@@ -24,14 +24,10 @@ from pathlib import Path
 
 from ..base import DataOptions
 from ..dense import DENSE_DATASETS, DenseSplits
-from .coco import _coco_source
 from .load import _load, auto_image_size
-from .masks import _masks_source
+from .parsers import _PARSERS
 from .records import EDGE_TOLERANCE, MIN_COMPONENT_PIXELS
-from .writers import _file_name, convert, write_coco, write_masks, write_yolo  # noqa: F401  (_file_name: benchmarks)
-from .yolo import _yolo_source
-
-_PARSERS = {"coco": _coco_source, "yolo": _yolo_source, "masks": _masks_source}
+from .writers import convert, write_coco, write_masks, write_yolo
 
 
 def _builder(fmt: str):

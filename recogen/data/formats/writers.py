@@ -110,7 +110,7 @@ def convert(src_spec: str, to: str, out_dir: str | Path) -> Path:
     PosixPath('data/shapes-coco')     # readable as coco:data/shapes-coco
     """
     from .. import parse_spec
-    from . import _PARSERS
+    from .parsers import _PARSERS
 
     fmt, arg = parse_spec(src_spec)
     if fmt not in ("coco", "yolo"):

@@ -20,13 +20,13 @@ from ...errors import DataError
 from .. import register_task
 from ..spec import Flag, Task, lazy_attr, positive_int
 
-# Prediction defaults (Ultralytics' conf/iou, COCO's 100 detections), stored in the model card.
-PREDICT_DEFAULTS = {"conf": 0.25, "iou": 0.45, "max_det": 100}
 PARTS = ("outputs", "predict", "evaluation", "recipe", "module")  # lightning (module) last
 
 
 def _card(cfg: DetectConfig, model, splits) -> dict[str, Any]:
     """The detector's model card (without the artifact's format/version fields)."""
+    from .outputs import PREDICT_DEFAULTS
+
     t = model.transform
     return {
         "task": "detect", "model": cfg.model, "model_kwargs": cfg.model_kwargs, "classes": splits.classes,

@@ -11,8 +11,7 @@ from torch import nn
 
 from ...data.dense import DenseSet
 from ..skeleton import write_metrics
-from . import PREDICT_DEFAULTS
-from .outputs import EVAL_SCORE_THRESH, detect_batch, keep_detections, nms_iou, postprocess
+from .outputs import EVAL_SCORE_THRESH, PREDICT_DEFAULTS, detect_batch, keep_detections, nms_iou, postprocess
 
 MOSAIC_IMAGES = 16
 

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 # Evaluation keeps nearly every box: mAP integrates over all score thresholds (COCO practice).
+# Prediction defaults (Ultralytics' conf/iou, COCO's 100 detections), stored in the model card.
+PREDICT_DEFAULTS = {"conf": 0.25, "iou": 0.45, "max_det": 100}
 EVAL_SCORE_THRESH = 0.001
 
 

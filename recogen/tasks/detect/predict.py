@@ -11,8 +11,7 @@ from ...data.images import expand_inputs, fit_to_card, open_image, write_png
 from ...errors import ConfigError
 from ..params import Params
 from ..predictor import Predictor
-from . import PREDICT_DEFAULTS
-from .outputs import detect_batch, keep_detections, postprocess
+from .outputs import PREDICT_DEFAULTS, detect_batch, keep_detections, postprocess
 
 
 class DetectParams(Params):

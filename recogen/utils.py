@@ -85,7 +85,7 @@ def seed_everything(seed: int) -> None:
 
 
 def bf16_supported() -> bool:
-    """True when this CPU runs bf16 matmuls natively (AVX512-BF16/AMX); elsewhere bf16 autocast is slow."""
+    """True when the CPU running this process does bf16 matmuls natively (AVX512-BF16/AMX); elsewhere bf16 autocast is slow."""
     import torch
 
     try:

@@ -1,7 +1,7 @@
 """The in-memory image set every classification dataset produces.
 
 Small and medium data sets are kept as one uint8 tensor (N, C, H, W) per split: indexing a tensor
-is far cheaper per image than a Dataset/DataLoader round trip on a 2-core CPU (FIELD_NOTES).
+is far cheaper per image than a Dataset/DataLoader round trip when there are only a few CPU cores (measured on 2).
 """
 from __future__ import annotations
 

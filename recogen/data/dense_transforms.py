@@ -61,7 +61,7 @@ class DenseAugment:
         if self.identity:
             return images, boxes, labels, masks
         # Per-image ops on small tensors gain nothing from intra-op threads, and OpenMP threads
-        # waiting on a busy 2-core machine made them 5-10x slower (measured): run them on one.
+        # waiting on busy cores made them 5-10x slower (measured on 2 cores): run them on one.
         threads = torch.get_num_threads()
         if images.device.type == "cpu" and threads > 1:
             torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """ONNX export, checked against onnxruntime, and the onnxruntime backend of the predictors.
 
 Export uses torch's TorchScript-based exporter (``dynamo=False``): on these models it is ~9x faster
-than the dynamo exporter (0.4 s vs 3.6 s for resnet18, FIELD_NOTES), needs no onnxscript, and
+than the dynamo exporter (0.4 s vs 3.6 s for resnet18, measured), needs no onnxscript, and
 handles the torchvision detector backbones and heads; the graphs (:mod:`.graphs`) hold no NMS or
 data-dependent control flow, which is where that exporter is weak. The batch axis is dynamic.
 

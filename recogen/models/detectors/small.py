@@ -1,7 +1,7 @@
 """``fcos-s``: torchvision's FCOS on a small residual CNN + FPN, for training from scratch on a CPU.
 
 The torchvision detectors are built around ImageNet backbones and sized for 800 px COCO images. A
-training step of 16 images at 128 px on one core of this machine (measured): SSDlite 0.54 s,
+training step of 16 images at 128 px on one CPU core (measured): SSDlite 0.54 s,
 RetinaNet-R50 5.3 s, FCOS-R50 5.9 s, Faster R-CNN MobileNet 10.7 s, Faster R-CNN R50 26 s; this
 model 0.72 s. In the ~15 core-minutes of the default schedule it reaches test mAP@.5 0.78 on
 shapes:600 at 128 px; SSDlite, the only other one that gets many steps in, learns far slower from

@@ -1,38 +1,26 @@
 """The LightningModule of classification: cross-entropy with label smoothing, augmentation on the device."""
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ...config import ClassifyConfig
 from ...data.transforms import BatchAugment, get_preset
-from ..trainer import configure_optimizers
+from ..base_module import TaskModule
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(TaskModule):
     """Trains ``model`` as ``cfg`` says; logs ``train_loss`` (per epoch), ``val_loss`` and ``val_acc``."""
 
     def __init__(self, model: nn.Module, cfg: ClassifyConfig, num_classes: int, mean: list[float], std: list[float],
                  hflip_ok: bool):
-        super().__init__()
-        self.model, self.cfg = model, cfg
+        super().__init__(model, cfg)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         preset = get_preset(cfg.augment)
         self.augment = None if preset.is_identity else BatchAugment(preset, hflip_ok)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.train_loss = MeanMetric()
-
-    def forward(self, x):
-        return self.model(x)
-
-    def on_train_epoch_start(self):
-        # Re-seed per epoch: dropout and augmentation draws then do not depend on whether the run was
-        # interrupted and resumed before this epoch.
-        torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         # Runs on the training device: augmentation on the GPU when there is one.
@@ -48,11 +36,7 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.cross_entropy(self.model(x), y, label_smoothing=self.cfg.label_smoothing)
-        self.train_loss.update(loss.detach(), weight=len(y))
-        if batch_idx + 1 == self.trainer.num_training_batches:
-            # Logged once per epoch, from the last step so callbacks see it at epoch end: a self.log
-            # every step costs about as much as a small CNN's step on a CPU (benchmarks/classify_throughput.py).
-            self.log("train_loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_train_losses({"loss": loss}, len(y), batch_idx)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -61,6 +45,3 @@ class ClassifierModule(pl.LightningModule):
         self.log("val_loss", nn.functional.cross_entropy(logits.float(), y), prog_bar=True)
         self.val_acc(logits, y)
         self.log("val_acc", self.val_acc, prog_bar=True)
-
-    def configure_optimizers(self):
-        return configure_optimizers(self.cfg, self.model.parameters(), int(self.trainer.estimated_stepping_batches))

@@ -2,14 +2,11 @@
 validation mAP with the same caps as the evaluation."""
 from __future__ import annotations
 
-import lightning.pytorch as pl
-import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from ...config import DetectConfig
 from ...metrics.detection import MAX_DETECTIONS, mean_average_precision
-from ..trainer import configure_optimizers
+from ..base_module import TaskModule
 from .outputs import EVAL_SCORE_THRESH, _from_model_outputs, _to_model_targets, postprocess
 
 
@@ -22,7 +19,7 @@ def _augmenter(name: str, label_offset: int, hflip_ok: bool = True):
     return None if preset.is_identity else DenseAugment(preset, hflip_ok=hflip_ok, label_offset=label_offset)
 
 
-class DetectorModule(pl.LightningModule):
+class DetectorModule(TaskModule):
     """Trains ``model`` as ``cfg`` says; logs ``train_loss`` and each of the detector's losses
     (``train_<name>``, per epoch) and the validation ``val_map`` / ``val_map_50``.
 
@@ -31,21 +28,13 @@ class DetectorModule(pl.LightningModule):
     """
 
     def __init__(self, model: nn.Module, cfg: DetectConfig, label_offset: int = 1, hflip_ok: bool = True):
-        super().__init__()
-        self.model, self.cfg = model, cfg
+        super().__init__(model, cfg)
         self.augment = _augmenter(cfg.augment, label_offset, hflip_ok)
         # Epoch-end val metric only (cheap): the full per-class report comes from the evaluation.
         self.map_metric = mean_average_precision(class_metrics=False)
-        # One mean per loss the detector returns (their names depend on the architecture): made at the first step.
-        self.train_losses = nn.ModuleDict()
 
     def forward(self, images):
         return self.model(list(images))
-
-    def on_train_epoch_start(self):
-        # Re-seed per epoch: augmentation draws then do not depend on whether the run was
-        # interrupted and resumed before this epoch.
-        torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         images, targets, masks = batch
@@ -59,16 +48,7 @@ class DetectorModule(pl.LightningModule):
         images, targets, _ = batch
         losses = self.model(list(images), _to_model_targets(targets))
         loss = sum(losses.values())
-        for k, v in {"loss": loss, **losses}.items():
-            name = "train_loss" if k == "loss" else f"train_{k}"
-            if name not in self.train_losses:
-                self.train_losses[name] = MeanMetric().to(self.device)
-            self.train_losses[name].update(v.detach().float(), weight=len(images))
-        if batch_idx + 1 == self.trainer.num_training_batches:
-            # Logged once per epoch, from the last step so callbacks see it at epoch end.
-            for name, mean in self.train_losses.items():
-                self.log(name, mean, on_step=False, on_epoch=True, prog_bar=name == "train_loss",
-                         metric_attribute=f"train_losses.{name}")
+        self.log_train_losses({"loss": loss, **losses}, len(images), batch_idx)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -85,9 +65,6 @@ class DetectorModule(pl.LightningModule):
         self.log("val_map", float(r["map"]), prog_bar=True)
         self.log("val_map_50", float(r["map_50"]), prog_bar=True)
 
-    def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return configure_optimizers(self.cfg, params, int(self.trainer.estimated_stepping_batches))
 
 
 def make_module(model: nn.Module, cfg: DetectConfig, classes: list[str], label_offset: int = 1,

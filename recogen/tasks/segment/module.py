@@ -2,10 +2,8 @@
 validation mIoU from one pixel confusion matrix over the whole split."""
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ...config import SegmentConfig
@@ -14,10 +12,10 @@ from ...data.transforms import get_preset
 from ...errors import ConfigError
 from ...metrics.segmentation import miou_from_confusion
 from ...models.segmenters.losses import get_loss
-from ..trainer import configure_optimizers
+from ..base_module import TaskModule
 
 
-class SegmenterModule(pl.LightningModule):
+class SegmenterModule(TaskModule):
     """Trains ``model`` as ``cfg`` says; logs ``train_loss`` (per epoch), ``val_loss`` and ``val_miou``.
 
     ``label_offset`` is the mask value of object class 0 (1 when mask class 0 is background); the
@@ -26,8 +24,7 @@ class SegmenterModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, cfg: SegmentConfig, num_classes: int, mean: list[float], std: list[float],
                  label_offset: int = 1, hflip_ok: bool = True):
-        super().__init__()
-        self.model, self.cfg = model, cfg
+        super().__init__(model, cfg)
         self.loss_fn = get_loss(cfg.loss)
         preset = get_preset(cfg.augment)
         self.augment = None
@@ -41,15 +38,6 @@ class SegmenterModule(pl.LightningModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.val_cm = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
-        self.train_loss = MeanMetric()
-
-    def forward(self, x):
-        return self.model(x)
-
-    def on_train_epoch_start(self):
-        # Re-seed per epoch: augmentation draws then do not depend on whether the run was
-        # interrupted and resumed before this epoch.
-        torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         # Runs on the training device. Geometry moves image and mask together on the uint8 batch
@@ -68,11 +56,7 @@ class SegmenterModule(pl.LightningModule):
         logits = self.model(x).float()
         # A batch whose pixels are all ignored would give 0/0 = NaN.
         loss = self.loss_fn(logits, m) if (m != IGNORE_INDEX).any() else logits.sum() * 0
-        self.train_loss.update(loss.detach(), weight=len(x))
-        if batch_idx + 1 == self.trainer.num_training_batches:
-            # Logged once per epoch, from the last step so callbacks see it at epoch end (a log every
-            # step costs time on a CPU; see classify's module).
-            self.log("train_loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_train_losses({"loss": loss}, len(x), batch_idx)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -88,8 +72,6 @@ class SegmenterModule(pl.LightningModule):
         self.log("val_miou", miou_from_confusion(self.val_cm.compute()).float(), prog_bar=True)
         self.val_cm.reset()
 
-    def configure_optimizers(self):
-        return configure_optimizers(self.cfg, self.model.parameters(), int(self.trainer.estimated_stepping_batches))
 
 
 make_module = SegmenterModule  # the name older code and tests call; the same arguments

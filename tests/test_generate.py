@@ -166,7 +166,9 @@ def test_sampling_is_seeded_and_class_conditional(runs):
     assert a.dtype == torch.uint8 and a.shape == (8, 1, SIZE, SIZE) and torch.equal(a, b)
     assert not torch.equal(a, gen.sample(8, seed=4, class_=7))
     # Sampling in chunks gives the same images as one batch.
-    assert torch.equal(generate._sample_uint8(gen.model, 8, 3, torch.full((8,), 7), batch=3), a)
+    from recogen.models.generators.base import sample_uint8
+
+    assert torch.equal(sample_uint8(gen.model, 8, 3, torch.full((8,), 7), batch=3), a)
     # recogen.load takes the same backend option for every task; generators have no export yet.
     with pytest.raises(ConfigError, match="torch backend"):
         recogen.load(runs["dcgan"], backend="onnx")
@@ -311,10 +313,10 @@ def test_defaults_are_the_benchmarked_recipes(monkeypatch, bf16):
     # recipe must come with new figures, so it fails here first. The CPU's bf16 capability is faked
     # both ways: the precision follows it, nothing else does.
     from recogen.config import GenerateConfig
-    from recogen.tasks import common
+    from recogen.tasks import trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(common, "bf16_supported", lambda: bf16)
+    monkeypatch.setattr(trainer, "bf16_supported", lambda: bf16)
     splits = create_dataset("digits", DataOptions(image_size=28))
     steps = len(splits.train) // 64
     want = {"vae": dict(budget="3m", epochs=min(1000, -(-20_000 // steps)), batch_size=64, lr=2e-3, width=32, latent_dim=16),
@@ -424,10 +426,14 @@ def test_eval_uses_held_out_images_and_states_the_count(tiny_gens, tiny_run, cap
 
 
 def test_eval_with_a_1000_image_test_split_has_no_warning(tmp_path, tiny_run, capsys):
+    from conftest import main_in_process
+
     run = generate.train(data="mnist-5k", image_size=SIZE, model="vae", width=4, latent_dim=4, limit=128, epochs=1,
                          progress=False, seed=0, out=str(tmp_path / "mnist"))
-    m = generate.evaluate(run, features=f"classifier:{tiny_run}", write=False)
+    rc, out, err = main_in_process(capsys, "generate", "eval", run, "--features", f"classifier:{tiny_run}", "--no-write",
+                                   "--json")
+    assert rc == 0, err
+    m = json.loads(out)
     assert m["split"] == "test" and (m["n_fake"], m["n_real"], m["n_pr"]) == (1000, 1000, 1000)
     assert m["held_out"] is True and "warning" not in m
-    generate.print_metrics(m)
-    assert "1000 samples vs 1000 real images (held out)" in capsys.readouterr().out
+    assert "1000 samples vs 1000 real images (held out)" in generate.SPEC.format_metrics(m)

@@ -306,12 +306,12 @@ def test_missing_task_model_is_404(runs, app):
 
 
 def test_a_real_bug_is_a_logged_json_500(app, monkeypatch, caplog):
-    from recogen.serve import models
+    from recogen.tasks import get_task
 
-    def broken(pred, image, params):
+    def broken(spec, pred, image, params):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(models.HANDLERS, "classify", broken)
+    monkeypatch.setattr(type(get_task("classify")), "serve_response", broken)
     c = TestClient(create_app(models=app.state.models), raise_server_exceptions=False)
     r = post_image(c, "classify", digit_pngs()[0])
     assert r.status_code == 500 and r.json() == {"error": "internal server error (RuntimeError); it was logged"}

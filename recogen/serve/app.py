@@ -39,7 +39,6 @@ from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, decode_image
 from .metrics import Metrics, MetricsMiddleware, route_label
 from ..tasks.params import Params
 from .models import Served, load_models
-from .params import GenerateParams
 
 log = logging.getLogger("recogen.serve")
 PAGE_DIR = Path(__file__).parent / "page"
@@ -343,46 +342,53 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
 
     for spec in all_tasks().values():  # POST /v1/<task> for every task that reads one image
         cls = spec.params_model()
-        if cls is not None:
+        if cls is not None and not spec.samples:
             add_predict_route(spec, cls)
 
-    @app.post("/v1/generate", tags=["generate"], dependencies=protected, summary="sample a generative model",
-              responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "application/json": {}},
-                                                   "description": "a PNG grid, or JSON with base64 PNGs"}},
-              openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
-                  "schema": GenerateParams.model_json_schema(by_alias=True)}}}})
-    async def generate(request: Request, query: Annotated[GenerateParams, Query()]):
-        extra: dict[str, Any] = {}
-        ctype = _content_type(request)
-        body = await _read_body(request, GENERATE_BODY_LIMIT, body_timeout)
-        if body:
-            if ctype != "application/json":
-                raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send parameters in the "
-                                    "query string or as an application/json body", "content_type")
-            extra = _parse_json(body, "send the parameters as a JSON object, e.g. {\"n\": 4, \"seed\": 3}")
-            if not isinstance(extra, dict):
-                raise ApiError(422, "the JSON body must be an object of parameters", "invalid_params")
-        p = _merge_params(GenerateParams, query, extra)
-        if p.n > max_generate:
-            raise ApiError(422, f"n={p.n} is over this server's limit of {max_generate} images per request "
-                                "(--max-generate)", "invalid_params")
-        m = pick("generate", p.model)
-        gen = m.predictor
+    def add_sample_route(spec, cls) -> None:
+        task = spec.name
 
-        def sample():
-            from ..tasks.generate import make_grid
+        async def sample(request: Request, query: Annotated[cls, Query()]):  # type: ignore[valid-type]
+            extra: dict[str, Any] = {}
+            ctype = _content_type(request)
+            body = await _read_body(request, GENERATE_BODY_LIMIT, body_timeout)
+            if body:
+                if ctype != "application/json":
+                    raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send parameters in the "
+                                        "query string or as an application/json body", "content_type")
+                extra = _parse_json(body, "send the parameters as a JSON object, e.g. {\"n\": 4, \"seed\": 3}")
+                if not isinstance(extra, dict):
+                    raise ApiError(422, "the JSON body must be an object of parameters", "invalid_params")
+            p = _merge_params(cls, query, extra)
+            if p.n > max_generate:
+                raise ApiError(422, f"n={p.n} is over this server's limit of {max_generate} images per request "
+                                    "(--max-generate)", "invalid_params")
+            m = pick(task, p.model)
+            gen = m.predictor
 
-            imgs = gen.sample(p.n, seed=p.seed, class_=p.class_)
-            grid = make_grid(imgs, gen.nrow(p.n))
-            return imgs, grid
+            def draw():
+                imgs = gen.sample(p.n, seed=p.seed, class_=p.class_)
+                return imgs, gen.grid(imgs)
 
-        imgs, grid = await run_locked(m, sample)
-        if p.format == "png":
-            return Response(await run_in_threadpool(encode_png, grid), media_type="image/png",
-                            headers={"X-Recogen-Model": m.name, "X-Recogen-Seed": str(p.seed)})
-        b64 = lambda t: base64.b64encode(encode_png(t)).decode("ascii")  # noqa: E731
-        grid_b64, images_b64 = await run_in_threadpool(lambda: (b64(grid), [b64(t) for t in imgs]))
-        return {"model": m.name, "n": p.n, "seed": p.seed, "class": p.class_, "grid_png": grid_b64, "images_png": images_b64}
+            imgs, grid = await run_locked(m, draw)
+            if p.format == "png":
+                return Response(await run_in_threadpool(encode_png, grid), media_type="image/png",
+                                headers={"X-Recogen-Model": m.name, "X-Recogen-Seed": str(p.seed)})
+            b64 = lambda t: base64.b64encode(encode_png(t)).decode("ascii")  # noqa: E731
+            grid_b64, images_b64 = await run_in_threadpool(lambda: (b64(grid), [b64(t) for t in imgs]))
+            return {"model": m.name, "n": p.n, "seed": p.seed, "class": p.class_, "grid_png": grid_b64,
+                    "images_png": images_b64}
+
+        sample.__name__ = task
+        app.post(f"/v1/{task}", tags=[task], dependencies=protected, summary=f"sample a {spec.noun}",
+                 responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "application/json": {}},
+                                                      "description": "a PNG grid, or JSON with base64 PNGs"}},
+                 openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
+                     "schema": cls.model_json_schema(by_alias=True)}}}})(sample)
+
+    for spec in all_tasks().values():  # tasks that draw images: POST /v1/<task> with n, seed, class, format
+        if spec.samples and spec.params_model() is not None:
+            add_sample_route(spec, spec.params_model())
 
     @app.get("/v1/models", tags=["info"], dependencies=protected, summary="the served models")
     async def list_models() -> dict:

@@ -29,7 +29,7 @@ class Served:
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/models`` lists for this model; the web page builds itself from it.
 
-        Every entry says ``samples`` (the task draws images: ``POST /v1/generate``). A task that reads one
+        Every entry says ``samples`` (the task draws images: ``POST /v1/<task>`` with n, seed...). A task that reads one
         image adds ``endpoint`` (``/v1/<task>``) and ``params``: its request parameters from the spec's
         ``params_model()`` but ``model``, in order, each ``{"name", "type", "required", "default",
         "description"}`` plus what applies of ``title`` (only when the field sets one), ``minimum``,
@@ -44,7 +44,7 @@ class Served:
             "image_size": card.get("image_size"), "channels": card.get("in_chans"), "backend": self.backend,
             "samples": bool(spec.samples)}
         cls = spec.params_model()
-        if cls is not None:
+        if cls is not None and not spec.samples:
             schema = cls.model_json_schema()  # by alias: the names a request uses
             names = {(f.alias or k): f for k, f in cls.model_fields.items()}
             params = []

@@ -54,7 +54,7 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
 
     fitter = trainer.make_trainer(cfg, run, monitor=task.monitor, mode=task.mode, steps_per_epoch=len(train_batches),
                                   extra_callbacks=callbacks or (), t_start=t0,
-                                  reserve=runs.eval_reserve(splits, task.reserve_s))
+                                  reserve=task.reserve(splits))
     trainer.fit(fitter, module, train_batches, val_batches, ckpt)
     runs.load_best(module, run)
     model = module.model.to(memory_format=torch.contiguous_format).cpu().eval()

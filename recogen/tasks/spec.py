@@ -67,7 +67,9 @@ class Task:
     headline: ClassVar[str] = ""  # the metric named in the one-line summary after training
     reserve_s: ClassVar[float] = 2.0  # seconds a budgeted run keeps after training (saving, plots)
     predict_flags: ClassVar[tuple[Flag, ...]] = ()
-    samples: ClassVar[bool] = False  # draws images (``POST /v1/generate``) instead of reading one
+    # Draws images instead of reading one: served as ``POST /v1/<task>`` with n/seed/class/format
+    # parameters (its params_model), answered by its predictor's ``sample(n, seed, class_)`` and ``grid``.
+    samples: ClassVar[bool] = False
     predictor: ClassVar[Any] = ""  # the task's Predictor class, or "module:Class" to import it when first used
     parts: ClassVar[tuple[str, ...]] = ()  # the task's heavy modules, searched by :func:`lazy_attr`
 
@@ -144,6 +146,12 @@ class Task:
             mean, std = splits.mean_std()
             card["normalize"] = {"mean": mean, "std": std}
         return card
+
+    def reserve(self, splits) -> tuple[float, float]:
+        """What a budgeted run keeps for after training: (seconds, multiple of one validation pass)."""
+        from .runs import eval_reserve
+
+        return eval_reserve(splits, self.reserve_s)
 
     def finish(self, model: "nn.Module", card: dict[str, Any], splits, run: Path, cfg: TrainConfig) -> str:
         """After the weights are saved: evaluate on the test split (else val); returns the summary text."""

@@ -25,8 +25,17 @@ class GenerateTask(Task):
     config = GenerateConfig
     monitor = None  # best.ckpt is the last epoch: a generator's losses do not rank its samples
     reserve_s = 5.0  # saving, samples.png and the report
+    samples = True  # served as POST /v1/generate: draws images instead of reading one
     predictor = "recogen.tasks.generate.sampling:Generator"
     parts = ("sampling", "recipe", "evaluation", "module")
+
+    def reserve(self, splits):
+        return self.reserve_s, 1.0  # one validation pass: generation evaluates no test split after training
+
+    def params_model(self):
+        from .sampling import GenerateParams
+
+        return GenerateParams
 
     def load_data(self, cfg):
         from .recipe import load_data

@@ -62,11 +62,11 @@ class Generator(Predictor):
 
     def evaluate(self, features: str, **kw: Any) -> dict[str, Any]:
         """FID/KID/precision/recall of the run it came from, without writing files; see ``recogen generate eval``."""
-        from . import evaluate
+        from .. import get_task
 
         if self.path is None:
             raise RunError("this generator was not loaded from a run folder; evaluate a run folder instead")
-        return evaluate(self.path, features, write=False, **kw)
+        return get_task(self.task).evaluate(self.path, features, write=False, **kw)
 
     def class_index(self, class_: int | str) -> int:
         """The index of a class given by index or name; errors name the valid ones."""
@@ -107,7 +107,12 @@ class Generator(Predictor):
         return self.model.reconstruct(images.float() / 255).mul(255).round().clamp(0, 255).to(torch.uint8)
 
     def nrow(self, n: int) -> int:
+        """Images per grid row: one column per class of a conditional model, else about square."""
         return grid_nrow(self.model, n)
+
+    def grid(self, images: torch.Tensor) -> torch.Tensor:
+        """One uint8 (C, H, W) grid of ``images`` (as ``sample`` returns them)."""
+        return make_grid(images, self.nrow(len(images)))
 
 
 def sample(run: str | Path, n: int = 64, seed: int = 0, class_: int | str | None = None, out: str | Path | None = None,

@@ -4,6 +4,7 @@
 >>> run = recogen.train("classify", data="digits", epochs=3, out="runs/classify/digits")
 >>> clf = recogen.load(run)
 >>> clf.predict("some_digit.png")
+>>> recogen.evaluate(run)["accuracy"]
 
 Heavy libraries (torch, Lightning) are imported on first use, so importing recogen is instant.
 """
@@ -36,6 +37,18 @@ def load(path: Any, device: str = "cpu", backend: str = "torch"):
     return get_task(card["task"]).load(path, device=device, backend=backend, card=card)
 
 
+def evaluate(run: Any, **options: Any) -> dict[str, Any]:
+    """Metrics of a trained run, as ``recogen TASK eval`` gives them; the task comes from the run's model card.
+
+    ``options`` are that task's: ``data``, ``split``, ``write``, ``device`` (generate: ``features``, ``n``,
+    ``seed``...). Returns the metrics dict (also written into the run folder unless ``write=False``).
+    """
+    from .artifact import read_card
+    from .tasks import get_task
+
+    return get_task(read_card(run)["task"]).evaluate(run, **options)
+
+
 def create_model(name: str, **kwargs: Any):
     """Build a registered network by name (see :func:`list_models`)."""
     from .models import create_model as _create
@@ -57,4 +70,4 @@ def list_datasets() -> list[tuple[str, str]]:
     return _list()
 
 
-__all__ = ["__version__", "train", "load", "create_model", "list_models", "list_datasets"]
+__all__ = ["__version__", "train", "load", "evaluate", "create_model", "list_models", "list_datasets"]

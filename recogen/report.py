@@ -13,7 +13,7 @@ from pathlib import Path
 from recogen.errors import RunError
 
 # Names of the plots that once lived here, kept for code that imports them from this module.
-from .plots import _is_number, plot_confusion_matrix, plot_history, plot_image_grid  # noqa: F401
+from .plots import _is_number, plot_history
 
 _PERCENT_SUFFIXES = ("accuracy", "f1", "precision", "recall")
 

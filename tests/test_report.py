@@ -47,12 +47,12 @@ def test_confusion_matrix_small_writes_counts_and_png(tmp_path):
     assert sorted(texts) == sorted(str(v) for v in cm.ravel())
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["cat", "dog", "bird"]
 
-    path = report.plot_confusion_matrix(cm, ["cat", "dog", "bird"], tmp_path / "sub" / "cm.png")
+    path = plots.plot_confusion_matrix(cm, ["cat", "dog", "bird"], tmp_path / "sub" / "cm.png")
     assert path == tmp_path / "sub" / "cm.png"
     width, height = _png_size(path)
     assert 300 < width < 2000 and 300 < height < 2000
 
-    other = report.plot_confusion_matrix(cm.T, ["cat", "dog", "bird"], tmp_path / "cm2.png")
+    other = plots.plot_confusion_matrix(cm.T, ["cat", "dog", "bird"], tmp_path / "cm2.png")
     assert other.read_bytes() != path.read_bytes()
 
 
@@ -68,7 +68,7 @@ def test_confusion_matrix_large_k_drops_cell_text(tmp_path):
     cm = np.random.default_rng(0).integers(0, 50, size=(k, k))
     classes = [f"class_{i}" for i in range(k)]
     assert _cell_texts(plots._confusion_figure(cm, classes)) == []
-    width, height = _png_size(report.plot_confusion_matrix(cm, classes, tmp_path / "cm.png"))
+    width, height = _png_size(plots.plot_confusion_matrix(cm, classes, tmp_path / "cm.png"))
     assert 2000 < width < 5000 and 2000 < height < 5000  # grows with K, but stays bounded
 
 
@@ -78,7 +78,7 @@ def test_confusion_matrix_shape_mismatch():
 
 
 def test_plot_history(tmp_path):
-    assert report.plot_history([], tmp_path / "curves.png") is None
+    assert plots.plot_history([], tmp_path / "curves.png") is None
     history = [
         {"epoch": 0, "train_loss": 0.9, "val_loss": 0.5, "val_acc": 0.8, "lr": 0.001, "time_s": 1.2},
         {"epoch": 1, "train_loss": 0.6, "val_loss": None, "val_acc": 0.9, "val_top5": 0.99},
@@ -89,11 +89,11 @@ def test_plot_history(tmp_path):
     assert labels == [["train_loss", "val_loss"], ["val_acc", "val_top5"]]  # lr and time_s left out
     np.testing.assert_allclose(fig.axes[0].get_lines()[1].get_ydata(), [0.5, np.nan, np.nan])
 
-    two = report.plot_history(history, tmp_path / "curves.png")
-    one = report.plot_history([{"train_loss": 1.0}], tmp_path / "loss.png")  # no epoch key: index used
+    two = plots.plot_history(history, tmp_path / "curves.png")
+    one = plots.plot_history([{"train_loss": 1.0}], tmp_path / "loss.png")  # no epoch key: index used
     (two_w, two_h), (one_w, one_h) = _png_size(two), _png_size(one)
     assert two_w > 1.6 * one_w and abs(two_h - one_h) < 0.2 * one_h
-    assert report.plot_history([{"epoch": 0, "lr": 0.1}], tmp_path / "none.png") is None
+    assert plots.plot_history([{"epoch": 0, "lr": 0.1}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
 
 
@@ -102,7 +102,7 @@ def test_plot_image_grid_numpy(tmp_path, channels):
     images = np.random.default_rng(0).integers(0, 256, size=(10, channels, 16, 16), dtype=np.uint8)
     titles = [f"pred {i} (0.9{i}) / true {i}" for i in range(10)]
     colors = ["green" if i % 2 else "red" for i in range(10)]
-    path = report.plot_image_grid(images, titles, tmp_path / "grid.png", colors=colors, ncols=4)
+    path = plots.plot_image_grid(images, titles, tmp_path / "grid.png", colors=colors, ncols=4)
     width, height = _png_size(path)
     assert width > height  # 4 columns x 3 rows
 
@@ -110,11 +110,11 @@ def test_plot_image_grid_numpy(tmp_path, channels):
 def test_plot_image_grid_torch_and_errors(tmp_path):
     torch = pytest.importorskip("torch")
     images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
-    _png_size(report.plot_image_grid(images, ["a", "b", "c"], tmp_path / "grid.png"))
+    _png_size(plots.plot_image_grid(images, ["a", "b", "c"], tmp_path / "grid.png"))
     with pytest.raises(ValueError):
-        report.plot_image_grid(images, ["a", "b"], tmp_path / "bad.png")
+        plots.plot_image_grid(images, ["a", "b"], tmp_path / "bad.png")
     with pytest.raises(ValueError):
-        report.plot_image_grid(np.zeros((2, 2, 8, 8), np.uint8), ["a", "b"], tmp_path / "bad.png")
+        plots.plot_image_grid(np.zeros((2, 2, 8, 8), np.uint8), ["a", "b"], tmp_path / "bad.png")
 
 
 def _embedded_pngs(page: str) -> list[bytes]:
@@ -134,7 +134,7 @@ def test_write_report_full(tmp_path):
     history = [{"epoch": 0, "train_loss": 1.0, "val_acc": 0.5}, {"epoch": 1, "train_loss": 0.5, "val_acc": 0.9}]
     (tmp_path / "history.json").write_text(json.dumps(history))
     (tmp_path / "config.yaml").write_text("model: resnet18\nnote: a<b & c\n")
-    report.plot_confusion_matrix(np.eye(2, dtype=int), ["<b>x</b>", "dog"], tmp_path / "confusion_matrix.png")
+    plots.plot_confusion_matrix(np.eye(2, dtype=int), ["<b>x</b>", "dog"], tmp_path / "confusion_matrix.png")
 
     out = report.write_report(tmp_path, title="My <run>")
     assert out == tmp_path / "report.html"

@@ -129,6 +129,7 @@ def test_a_registered_toy_task_trains_evaluates_predicts_and_is_served(bright, c
     import recogen
 
     assert isinstance(recogen.load(run), BrightPredictor)
+    assert recogen.evaluate(run, write=False)["accuracy"] == pytest.approx(acc)
 
     from fastapi.testclient import TestClient
 

@@ -11,7 +11,6 @@ from typing import Any, Sequence
 import torch
 
 # The PR-curve plot is drawn in recogen.plots; this name is kept for code that imports it from here.
-from ..plots import plot_pr_curves  # noqa: F401
 
 # COCO's IoU thresholds .50:.05:.95 (what "mAP" and "mAP@[.5:.95]" mean), reported rounded.
 IOU_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]

@@ -49,7 +49,7 @@ def _options(ns: argparse.Namespace) -> dict[str, Any]:
             "max_pixels": DEFAULT_MAX_PIXELS if ns.max_pixels is None else ns.max_pixels,
             "max_side": DEFAULT_MAX_SIDE if ns.max_side is None else ns.max_side,
             "max_generate": ns.max_generate, "api_key": _api_key(ns.api_key)}
-    if ns.body_timeout is not None:  # else create_app's default (app.DEFAULT_BODY_TIMEOUT)
+    if ns.body_timeout is not None:  # else create_app's default (bodies.DEFAULT_BODY_TIMEOUT)
         opts["body_timeout"] = ns.body_timeout
     return opts
 

@@ -23,6 +23,7 @@ class ClassifyTask(Task):
     reserve_s = 2.0
     predict_flags = (Flag("--topk", {"type": positive_int, "default": 5, "help": "how many labels to show (default 5)"}),)
     predictor = "recogen.tasks.classify.predict:Classifier"
+    parts = ("recipe", "module", "predict")
 
     def load_data(self, cfg):
         splits = super().load_data(cfg)
@@ -116,4 +117,4 @@ def predict_files(run: str | Path, files: Iterable[str | Path], out_dir: str | P
 
 
 def __getattr__(name: str) -> Any:  # the heavy modules load on first use of one of their names
-    return lazy_attr(__name__, ("recipe", "module", "predict"), name)
+    return lazy_attr(__name__, ClassifyTask.parts, name)

@@ -20,7 +20,6 @@ from ...errors import DataError
 from .. import register_task
 from ..spec import Flag, Task, lazy_attr, positive_int
 
-PARTS = ("outputs", "predict", "evaluation", "recipe", "module")  # lightning (module) last
 
 
 def _card(cfg: DetectConfig, model, splits) -> dict[str, Any]:
@@ -55,7 +54,7 @@ class DetectTask(Task):
         Flag("--save", {"metavar": "DIR", "help": "write each image with its boxes drawn into DIR"}),
     )
     predictor = "recogen.tasks.detect.predict:Detector"
-    parts = PARTS
+    parts = ("outputs", "predict", "evaluation", "recipe", "module")  # lightning (module) last
 
     # ---------------------------------------------------------------------------------- training
     def prepare_config(self, cfg):
@@ -213,4 +212,4 @@ def format_lines(r: dict[str, Any]) -> list[str]:
 
 
 def __getattr__(name: str) -> Any:  # the heavy modules load on first use of one of their names
-    return lazy_attr(__name__, PARTS, name)
+    return lazy_attr(__name__, DetectTask.parts, name)

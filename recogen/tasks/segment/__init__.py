@@ -29,6 +29,7 @@ class SegmentTask(Task):
     reserve_s = 5.0
     predict_flags = (Flag("--save", {"metavar": "DIR", "help": "write the class mask PNG and a colour overlay into DIR"}),)
     predictor = "recogen.tasks.segment.predict:Segmenter"
+    parts = ("recipe", "module", "evaluation", "predict")
 
     def load_data(self, cfg):
         splits = super().load_data(cfg)
@@ -168,4 +169,4 @@ def format_prediction(r: dict[str, Any]) -> str:
 
 
 def __getattr__(name: str) -> Any:  # the heavy modules load on first use of one of their names
-    return lazy_attr(__name__, ("recipe", "module", "evaluation", "predict"), name)
+    return lazy_attr(__name__, SegmentTask.parts, name)

@@ -30,8 +30,6 @@ def open_image(src):
 
     PNG chunk checksums are verified, truncated files are refused, and 16-bit grayscale is scaled to 8 bits.
     """
-    import io
-
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -118,6 +116,15 @@ def fit_to_card(images, card: dict):
     from .base import convert_channels, resize_images
 
     return resize_images(convert_channels(images, card.get("in_chans")), card["image_size"])
+
+
+def read_for_card(src, card: dict):
+    """Decode one image (path, bytes, array or PIL image) in the card's channels ("L" for 1, else RGB) and
+    fit it to the card's input: ``(uint8 batch of one (1, C, S, S), the decoded PIL image at its own size)``."""
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    img = open_image(src).convert("L" if card.get("in_chans") == 1 else "RGB")
+    return fit_to_card(pil_to_tensor(img).unsqueeze(0), card), img
 
 
 def palette(n: int = 256):

@@ -31,18 +31,14 @@ def read_image(src: Any, card: dict[str, Any]) -> torch.Tensor:
         t = src if src.dim() == 4 else src.unsqueeze(0)
         if t.dtype != torch.uint8:
             raise DataError("image tensors must be uint8 (C, H, W); scale floats by 255 first")
-        from ..data.base import convert_channels, resize_images
+        from ..data.images import fit_to_card
 
-        return resize_images(convert_channels(t, card["in_chans"]), card["image_size"])
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    from ..data.base import resize_images
-    from ..data.images import open_image
+        return fit_to_card(t, card)
+    from ..data.images import read_for_card
 
     if isinstance(src, (str, Path)) and not Path(src).is_file():
         raise DataError(f"no such image file: {src}")
-    img = open_image(src).convert("L" if card["in_chans"] == 1 else "RGB")
-    return resize_images(pil_to_tensor(img).unsqueeze(0), card["image_size"])
+    return read_for_card(src, card)[0]
 
 
 def read_mask(src: Any, image_src: Any, card: dict[str, Any]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from ...data import ImageSet
-from ...data.images import fit_to_card, open_image
+from ...data.images import fit_to_card, read_for_card
 from ...errors import ConfigError
 from ..params import Params
 from ..predictor import Predictor
@@ -68,11 +68,7 @@ class Classifier(Predictor):
 
     def preprocess(self, images: list) -> torch.Tensor:
         """Decode, convert to the model's channels and resize to its input size: a uint8 batch."""
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        mode = "L" if self.card["in_chans"] == 1 else "RGB"
-        return torch.cat([fit_to_card(pil_to_tensor(open_image(src).convert(mode)).unsqueeze(0), self.card)
-                          for src in images])
+        return torch.cat([read_for_card(src, self.card)[0] for src in images])
 
     def predict(self, images, topk: int = 5):
         """Top-k labels with probabilities for one image (returns a dict) or a list (a list of dicts).

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Optional
 import torch
 from pydantic import Field
 
-from ...data.images import expand_inputs, fit_to_card, open_image, write_png
+from ...data.images import expand_inputs, open_image, read_for_card, write_png
 from ...errors import ConfigError
 from ..params import Params
 from ..predictor import Predictor
@@ -38,10 +38,8 @@ class Detector(Predictor):
 
     def preprocess(self, src) -> tuple[torch.Tensor, tuple[int, int]]:
         """Decode one image to RGB and resize it to the model's input: ``(uint8 (3, S, S), (H, W) original)``."""
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        img = open_image(src).convert("RGB")
-        return fit_to_card(pil_to_tensor(img).unsqueeze(0), self.card)[0], (img.height, img.width)
+        x, img = read_for_card(src, self.card)  # the card's in_chans is 3: detectors take RGB
+        return x[0], (img.height, img.width)
 
     def predict(self, images, conf: float | None = None, iou: float | None = None, max_det: int | None = None,
                 batch_size: int = 16):

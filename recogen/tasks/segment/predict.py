@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ...data.images import encode_png, expand_inputs, fit_to_card, open_image, palette, write_png
+from ...data.images import encode_png, expand_inputs, open_image, palette, read_for_card, write_png
 from ...plots import overlay
 from ..params import Params
 from ..predictor import Predictor
@@ -52,10 +52,7 @@ class Segmenter(Predictor):
 
     def preprocess(self, image) -> torch.Tensor:
         """One image as a uint8 batch of one at the model's channels and input size."""
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        img = open_image(image).convert("L" if self.card["in_chans"] == 1 else "RGB")
-        return fit_to_card(pil_to_tensor(img).unsqueeze(0), self.card)
+        return read_for_card(image, self.card)[0]
 
     def predict(self, images, alpha: float = 0.5):
         """Class mask of one image (returns a dict) or a list of them (a list of dicts).

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Small data-set images and tiny models: two threads are all this machine has.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Small data-set images and tiny models: two threads are all this machine has, and under pytest-xdist
+# (`make test` runs two worker processes) each worker gets one: two workers of two OpenMP threads each
+# on two cores spin-wait on each other and ran the suite several times slower than one process (measured).
+# (A worker inherits the controller's environment, where the default below is already set: override it.)
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:

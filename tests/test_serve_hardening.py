@@ -1,7 +1,8 @@
 """Issue 12 for the service: every bad input a clear 4xx, nothing lost, nothing executed.
 
 Long thin images (side limit, decoding and resizing outside the model's lock), an empty API key, deeply
-nested JSON and huge integers, offline /docs, HEAD, a port in use, stalled uploads, 16-bit and corrupt PNGs.
+nested JSON and huge integers, offline /docs, HEAD, a port in use, stalled uploads, 16-bit and corrupt PNGs,
+slow or silent request heads (--header-timeout), damaged files that Pillow only warns about.
 Uses the tiny runs of test_serve.py (trained once per process and shared).
 """
 from __future__ import annotations
@@ -317,3 +318,303 @@ def test_a_relaxed_pillow_is_logged_at_start(app, monkeypatch, caplog):
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as some other library might
     create_app(models=app.state.models)
     assert "LOAD_TRUNCATED_IMAGES" in caplog.text
+
+
+# ------------------------------------------------------------------------------- request-head timeout
+class _ServerWith(ServerThread):
+    """:class:`ServerThread` with uvicorn options (``http=``, ``timeout_keep_alive``)."""
+
+    def __init__(self, app, **options):
+        import threading
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **options))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+
+def _until_closed(port: int, head: bytes = b"", trickle: bytes = b"", every: float = 0.2,
+                  limit: float = 15) -> tuple[bytes, float]:
+    """Connect, send ``head``, then ``trickle`` every ``every`` s; ``(what the server sent, seconds from
+    connecting until it closed the connection)``. Fails if it is still open after ``limit`` s."""
+    t0, got = time.monotonic(), b""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as s:
+        s.sendall(head)
+        s.settimeout(every)
+        while time.monotonic() - t0 < limit:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                if trickle:
+                    try:
+                        s.sendall(trickle)
+                    except OSError:  # closed by the server meanwhile
+                        break
+                continue
+            except ConnectionResetError:  # a byte sent after the server closed: it answers with a reset
+                break
+            if not chunk:
+                break
+            got += chunk
+        else:
+            pytest.fail(f"the server kept the connection open for {limit} s (head {head!r})")
+    return got, time.monotonic() - t0
+
+
+def _response(sock: socket.socket, method: str):
+    """The next HTTP response on ``sock`` (the connection stays usable for the next request)."""
+    import http.client
+
+    r = http.client.HTTPResponse(sock, method=method)
+    r.begin()
+    return r.status, r.getheader("connection"), r.read()
+
+
+def test_header_timeout_reaches_uvicorn_with_one_and_several_workers_and_is_validated(runs, monkeypatch, capsys):
+    import pickle
+
+    import uvicorn
+
+    from conftest import assert_one_line, main_in_process
+    from recogen.cli import main
+    from recogen.serve.cli_serve import ENV_CONFIG
+    from recogen.serve.protocol import HeaderTimeoutHTTP
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setenv(ENV_CONFIG, "")  # --workers 2 sets it: monkeypatch puts it back
+    clf = str(runs["clf"])
+    assert main(["serve", clf, "--port", str(_free_port())]) == 0
+    assert main(["serve", clf, "--port", str(_free_port()), "--header-timeout", "2.5"]) == 0
+    assert main(["serve", clf, "--port", str(_free_port()), "--header-timeout", "3", "--workers", "2"]) == 0
+    assert [kw["http"] for _, kw in calls] == [HeaderTimeoutHTTP(10.0), HeaderTimeoutHTTP(2.5), HeaderTimeoutHTTP(3.0)]
+    assert calls[2][0] == "recogen.serve.cli_serve:app_from_env" and calls[2][1]["workers"] == 2
+    # uvicorn pickles its Config (http= included) into each worker process
+    config = uvicorn.Config(calls[2][0], factory=True, workers=2, http=calls[2][1]["http"])
+    assert pickle.loads(pickle.dumps(config)).http == HeaderTimeoutHTTP(3.0)
+    for bad in ("0", "-1", "nan", "inf"):
+        rc, _, err = main_in_process(capsys, "serve", clf, "--port", _free_port(), "--header-timeout", bad)
+        assert_one_line(rc, err, f"--header-timeout must be a positive number of seconds, got {float(bad):g}")
+    assert len(calls) == 3  # none of them started a server
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_a_slow_or_silent_request_head_is_cut_off_by_the_header_timeout(app, monkeypatch, parser):
+    """Slow loris: a head sent a byte at a time, or nothing at all, no longer holds a connection; a
+    normal client (a body sent after a pause, a keep-alive connection idle between requests) is unaffected."""
+    import json
+
+    from recogen.serve import protocol
+
+    cls = {"h11": protocol.H11HeaderTimeoutProtocol, "httptools": protocol.HttpToolsHeaderTimeoutProtocol}[parser]
+    if cls is None:
+        pytest.skip("httptools is not installed (it comes with uvicorn[standard])")
+    monkeypatch.setattr(protocol, "protocol_class", lambda: cls)
+    timeout, margin = 1.0, 4.0
+    with _ServerWith(app, http=protocol.HeaderTimeoutHTTP(timeout), timeout_keep_alive=5) as url:
+        port = int(url.rsplit(":", 1)[1])
+        head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"  # ... the blank line that ends it never comes
+        got, seconds = _until_closed(port)  # connects and says nothing
+        assert got == b"" and timeout * 0.9 <= seconds < timeout + margin, (got, seconds)
+        got, seconds = _until_closed(port, head, trickle=b"X")  # a byte every 0.2 s does not extend the deadline
+        assert timeout * 0.9 <= seconds < timeout + margin, seconds
+        assert got == b"" or got.startswith(b"HTTP/1.1 408 "), got[:300]  # (a reset can overtake the answer)
+        got, seconds = _until_closed(port, head)  # part of a head, then silence: answered 408
+        assert timeout * 0.9 <= seconds < timeout + margin, seconds
+        head_408, _, body = got.partition(b"\r\n\r\n")
+        assert head_408.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"connection: close" in head_408, got[:300]
+        assert "1 s (the server's --header-timeout)" in json.loads(body)["error"]
+
+        # a normal client: the body after a pause longer than the header timeout (the body has its own),
+        # then an idle keep-alive connection longer than it, then a head sent in two parts
+        digit = digit_pngs()[3]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(digit))
+            time.sleep(timeout * 1.5)
+            s.sendall(digit)
+            status, connection, body = _response(s, "POST")
+            assert status == 200 and connection != "close", (status, body)
+            assert json.loads(body)["label"] == recogen.load(served_runs()["clf"]).predict(decoded(digit))["label"]
+            time.sleep(timeout * 1.5)  # idle: the keep-alive timeout's (5 s), not the header timeout's
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(timeout * 0.3)
+            s.sendall(b"Host: localhost\r\n\r\n")
+            status, _, body = _response(s, "GET")
+            assert status == 200 and json.loads(body)["status"] == "ok", (status, body)
+
+
+# -------------------------------------------------------------- damaged files that Pillow only warns about
+def _tiff_with_tag_past_the_end() -> bytes:
+    """An 8x8 grey TIFF whose directory gains an ImageDescription of 1,000,000 bytes (the file has ~100)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(buf, "TIFF")
+    t = buf.getvalue()
+    ifd = struct.unpack("<I", t[4:8])[0]
+    n = struct.unpack("<H", t[ifd : ifd + 2])[0]
+    entries = [t[ifd + 2 + 12 * k : ifd + 14 + 12 * k] for k in range(n)]
+    entries.append(struct.pack("<HHII", 270, 2, 1_000_000, 8))  # tag 270, ASCII, count, offset
+    entries.sort(key=lambda e: struct.unpack("<H", e[:2])[0])
+    end = len(t) + len(t) % 2  # the new directory goes at the end, on a word boundary
+    out = t + b"\0" * (end - len(t)) + struct.pack("<H", n + 1) + b"".join(entries) + b"\0\0\0\0"
+    return out[:4] + struct.pack("<I", end) + out[8:]
+
+
+def _jpeg(**save) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def _damaged_images() -> dict[str, bytes]:
+    """Files that Pillow decodes with only a warning (checked in the test)."""
+    jpeg = _jpeg()
+    mpf = b"MPF\0" + b"II*\0" + struct.pack("<IH", 8, 5)  # an MPO index promising 5 entries and holding none
+    app2 = b"\xff\xe2" + struct.pack(">H", len(mpf) + 2) + mpf
+    # EXIF whose XResolution points 4000 bytes into a 26-byte block (read at open: JPEG's dpi)
+    exif = b"Exif\0\0II*\0" + struct.pack("<IHHHII", 8, 1, 0x011A, 5, 1, 4000) + b"\0" * 4
+    grey = png(np.zeros((8, 8), np.uint8))
+    i = grey.index(b"IDAT") - 4
+    return {"malformed MPO index.jpg": jpeg[:2] + app2 + jpeg[2:],
+            "corrupt EXIF.jpg": _jpeg(exif=exif),
+            "invalid APNG control chunk.png": grey[:i] + _chunk(b"acTL", struct.pack(">II", 0, 0)) + grey[i:],
+            "TIFF tag past the end.tif": _tiff_with_tag_past_the_end()}
+
+
+def _palette_png_with_transparency_bytes() -> bytes:
+    """A valid palette PNG with a tRNS chunk: converting it to RGB makes Pillow warn, harmlessly."""
+    from PIL import Image
+
+    img = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) % 4, "P")
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=b"\x00\x80\xff\xff")  # (one 0 and the rest 255 would read back as one index)
+    return buf.getvalue()
+
+
+def _pillow_warnings(data: bytes, convert: bool = False) -> list[str]:
+    """What plain Pillow warns while decoding ``data`` (every warning shown, our filter bypassed)."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings(record=True) as caught:  # this test's own thread: fine here
+        warnings.simplefilter("always")
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        if convert:
+            img.convert("RGB")
+    return [str(w.message) for w in caught]
+
+
+def test_damaged_images_that_pillow_only_warns_about_are_refused(client, runs, tmp_path, capsys):
+    from conftest import assert_one_line, main_in_process
+
+    from recogen.data.images import open_image
+    from recogen.errors import DataError
+
+    for name, data in _damaged_images().items():
+        assert _pillow_warnings(data), f"{name}: Pillow decodes it without a warning (test broken?)"
+        with pytest.raises(DataError, match=r"cannot read image <bytes>: the file is damaged \(Pillow: "):
+            open_image(data)
+        r = post_image(client, "classify", data)
+        assert r.status_code == 400 and "the file is damaged" in r.json()["error"], (name, r.status_code, r.text)
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert_one_line(*main_in_process(capsys, "classify", "predict", runs["clf"], path)[::2],
+                        f"cannot read image {path}: the file is damaged")
+
+
+def test_a_damaged_image_in_a_training_folder_is_a_bad_image_too(tmp_path):
+    """The folder loader decodes under the same rule: one line naming the file, or skipped on request."""
+    from test_data_shapes_folder import _tree
+
+    from recogen.data import DataOptions, create_dataset
+    from recogen.errors import DataError
+
+    root = _tree(tmp_path)
+    (root / "bee" / "scan.tif").write_bytes(_damaged_images()["TIFF tag past the end.tif"])
+    with pytest.raises(DataError, match=r"cannot read image .*scan\.tif: the file is damaged .*--skip-bad-images"):
+        create_dataset(f"folder:{root}", DataOptions())
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        s = create_dataset(f"folder:{root}", DataOptions(skip_bad_images=True))
+    assert len(s.train) + len(s.val) + len(s.test) == 18
+
+
+def test_a_harmless_pillow_warning_does_not_refuse_the_image(client, runs):
+    from recogen.data.images import open_image
+
+    data = _palette_png_with_transparency_bytes()
+    assert any("Transparency expressed in bytes" in w for w in _pillow_warnings(data, convert=True))
+    assert open_image(data).mode == "P"
+    r = post_image(client, "classify", data)
+    assert r.status_code == 200 and r.json()["label"] == recogen.load(runs["clf"]).predict(decoded(data))["label"]
+
+
+def test_damaged_images_are_refused_in_every_thread_at_once():
+    """The service decodes in a thread pool: each of many threads decoding at the same time refuses
+    each damaged file (and still reads a good one)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recogen.data.images import open_image
+    from recogen.errors import DataError
+    from recogen.serve.errors import ApiError
+    from recogen.serve.images import decode_image
+
+    damaged, good = list(_damaged_images().values()), digit_pngs()[0]
+    n = 8
+    start = threading.Barrier(n)
+
+    def work(i: int) -> list[str]:
+        start.wait()
+        wrong = []
+        for _ in range(5):
+            for data in damaged:
+                for decode, error in ((open_image, DataError), (decode_image, ApiError)):
+                    try:
+                        decode(data)
+                        wrong.append(f"thread {i}: {decode.__name__} accepted a damaged file")
+                    except error as e:
+                        if "the file is damaged" not in str(e):
+                            wrong.append(f"thread {i}: {e}")
+            if open_image(good).size != (32, 32) or decode_image(good).size != (32, 32):
+                wrong.append(f"thread {i}: a good image")
+        return wrong
+
+    with ThreadPoolExecutor(n) as pool:
+        assert [w for ws in pool.map(work, range(n)) for w in ws] == []
+
+
+def test_damaged_images_are_refused_after_other_code_reset_the_warning_filters():
+    """pytest (around every test) and host applications wrap code in catch_warnings, or reset the
+    filters: the damage filter is put back before each decode."""
+    import warnings
+
+    from recogen.data.images import open_image
+    from recogen.errors import DataError
+
+    data = _damaged_images()["TIFF tag past the end.tif"]
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        warnings.simplefilter("ignore")  # in front of everything: must not hide the damage
+        with pytest.raises(DataError, match="the file is damaged"):
+            open_image(data)
+
+
+def test_the_damage_warnings_are_still_pillows_words():
+    """The filter matches Pillow's messages: a rewording in a new Pillow must fail here, not silently."""
+    import importlib
+    import inspect
+
+    from recogen.data.pil_damage import DAMAGE_WARNINGS
+
+    for module, message, _ in DAMAGE_WARNINGS:
+        source = inspect.getsource(importlib.import_module(module))
+        assert "warnings.warn(" in source, module
+        if message:
+            assert f'"{message}' in source, (module, message)

@@ -23,6 +23,7 @@ from PIL import Image, ImageFile
 from ..errors import DataError
 from . import DATASETS
 from .base import DataOptions, ImageSet, ImageSplits, finish_splits
+from .pil_damage import damage_reason, refuse_damaged
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _SPLITS = ("train", "val", "test")
@@ -117,13 +118,18 @@ class _BadImage(Exception):
     """A file that PIL cannot read; the message is the user-facing one-liner."""
 
     def __init__(self, path: Path, err: Exception):
-        reason = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, UserWarning):  # one of Pillow's damage warnings, raised as an error
+            reason = damage_reason(err)
+        else:
+            reason = " ".join(str(err).split()) or type(err).__name__
         super().__init__(f"cannot read image {path}: {reason}; fix or remove it, or pass --skip-bad-images")
 
 
 @contextmanager
 def _strict_pil() -> Iterator[None]:
-    """Make truncated files fail even if other code relaxed PIL's global flag."""
+    """Make truncated files fail even if other code relaxed PIL's global flag, and damaged files that
+    Pillow would only warn about fail too (:mod:`.pil_damage`)."""
+    refuse_damaged()
     old = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:

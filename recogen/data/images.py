@@ -28,12 +28,14 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
 def open_image(src):
     """Open a path, bytes, numpy array or PIL image as a fully decoded PIL image (clear error if corrupt).
 
-    PNG chunk checksums are verified, truncated files are refused, and 16-bit grayscale is scaled to 8 bits.
+    PNG chunk checksums are verified, truncated files are refused, and so are damaged files that Pillow
+    would decode with only a warning (:mod:`.pil_damage`); 16-bit grayscale is scaled to 8 bits.
     """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     from .folder import _strict_pil, open_verified, to_8bit
+    from .pil_damage import damage_reason
 
     def eight_bit(img):  # 16-bit grayscale (PNG, TIFF, uint16 arrays) scaled to 8 bits, not clipped
         return to_8bit(img) if img.mode.startswith("I;16") else img
@@ -50,6 +52,8 @@ def open_image(src):
         return eight_bit(img)
     except FileNotFoundError:
         raise DataError(f"no such file: {name}") from None
+    except UserWarning as e:  # one of Pillow's damage warnings, raised as an error (see pil_damage)
+        raise DataError(f"cannot read image {name}: {damage_reason(e)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {name}: {e}") from None
 

@@ -11,6 +11,9 @@ ENV_KEY = "RECOGEN_API_KEY"
 ENV_CONFIG = "RECOGEN_SERVE_CONFIG"  # the options, as JSON, for each worker process (--workers > 1)
 # uvicorn closes an idle keep-alive connection after this many seconds (its own default, set explicitly).
 DEFAULT_KEEP_ALIVE = 5
+# Seconds a connection may take to send a request's line and headers (protocol.py), like nginx's
+# client_header_timeout (60 there; a request head is a few hundred bytes).
+DEFAULT_HEADER_TIMEOUT = 10.0
 
 
 def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -33,6 +36,10 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
                         "An empty key is an error: leave the option out to serve without authentication")
     p.add_argument("--body-timeout", type=float, default=None,
                    help="seconds a client may take to send a request body, then 408 (default 60)")
+    p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT,
+                   help="seconds a client may take to send a request's line and headers, then 408 and the connection "
+                        "closed; also how long a new connection may stay silent "
+                        f"(default {DEFAULT_HEADER_TIMEOUT:g})")
     p.add_argument("--keep-alive-timeout", type=int, default=DEFAULT_KEEP_ALIVE,
                    help=f"seconds an idle keep-alive connection stays open (default {DEFAULT_KEEP_ALIVE})")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own copy of the models (default 1)")
@@ -104,6 +111,7 @@ def app_from_env():
 def cmd_serve(ns: argparse.Namespace) -> int:
     """Check the runs, load them, and run uvicorn until interrupted."""
     import json
+    import math
 
     from ..errors import ConfigError
     from ..artifact import read_card
@@ -114,12 +122,18 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {ns.workers}")
     if ns.keep_alive_timeout < 1:
         raise ConfigError(f"--keep-alive-timeout must be at least 1 second, got {ns.keep_alive_timeout}")
+    if not (ns.header_timeout > 0 and math.isfinite(ns.header_timeout)):
+        raise ConfigError(f"--header-timeout must be a positive number of seconds, got {ns.header_timeout:g}")
     opts = _options(ns)
     for run in opts["runs"]:
         read_card(run)  # a wrong path fails here, in one line, before anything heavy is imported
     _check_port(ns.host, ns.port)  # and so does a port in use, before "serving ..." is printed
     import uvicorn
 
+    from .protocol import HeaderTimeoutHTTP
+
+    # uvicorn has no request-head timeout: this protocol factory adds one (see protocol.py)
+    http = HeaderTimeoutHTTP(ns.header_timeout)
     where = f"http://{ns.host}:{ns.port}"
     auth = "API key required" if opts["api_key"] else "no API key"
     if ns.workers == 1:
@@ -128,10 +142,11 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         app = create_app(opts.pop("runs"), **opts)  # loads every model now: errors before listening
         print(f"serving {', '.join(f'{m.name} ({m.task})' for m in app.state.models.values())} at {where} "
               f"(page /, docs /docs, {auth})", flush=True)
-        uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, timeout_keep_alive=ns.keep_alive_timeout)
+        uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, timeout_keep_alive=ns.keep_alive_timeout,
+                    http=http)
     else:
         os.environ[ENV_CONFIG] = json.dumps(opts)
         print(f"serving {len(opts['runs'])} run(s) at {where} with {ns.workers} workers ({auth})", flush=True)
         uvicorn.run("recogen.serve.cli_serve:app_from_env", factory=True, host=ns.host, port=ns.port,
-                    workers=ns.workers, log_level=ns.log_level, timeout_keep_alive=ns.keep_alive_timeout)
+                    workers=ns.workers, log_level=ns.log_level, timeout_keep_alive=ns.keep_alive_timeout, http=http)
     return 0

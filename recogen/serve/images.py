@@ -23,21 +23,26 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
     The header is read first and its width x height compared with ``max_pixels`` and its longer side
     with ``max_side`` before decoding, so a decompression bomb (a small file that expands to
     gigapixels) costs nothing. A PNG's chunk checksums are verified (Pillow's ``load`` skips the
-    image data's CRC), so a corrupted upload is a 400, not a silently wrong prediction.
-    """
-    import warnings
+    image data's CRC), so a corrupted upload is a 400, not a silently wrong prediction; so is a damaged
+    file that Pillow would decode with only a warning (:mod:`recogen.data.pil_damage`).
 
+    Runs in the thread pool: no ``warnings.catch_warnings()`` here, it is not thread-safe before Python
+    3.14 (so Pillow's own DecompressionBombWarning, above 89 MP, is logged once; our limit is checked
+    just below with a clearer message).
+    """
     from PIL import Image, UnidentifiedImageError
+
+    from ..data.pil_damage import damage_reason, refuse_damaged
 
     if not data:
         raise ApiError(400, "the upload is empty (0 bytes); send an image file (PNG, JPEG, ...)", "empty")
+    refuse_damaged()
     try:
-        with warnings.catch_warnings():
-            # PIL warns above its own limit; ours is checked just below with a clearer message.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise ApiError(413, f"image too large: {e}", "too_many_pixels") from None
+    except UserWarning as e:  # one of Pillow's damage warnings, raised as an error
+        raise ApiError(400, f"{damage_reason(e)}; send the file again, or re-save it", "corrupt_image") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ApiError(400, "not an image: the upload could not be read as PNG, JPEG, BMP, GIF, TIFF or WebP",
                        "not_an_image") from None
@@ -59,6 +64,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
         img.convert("RGB")  # exotic modes that cannot become RGB fail here, not inside a model
     except (OSError, EOFError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ApiError(400, f"truncated or corrupt image ({e}); send the file again, or re-save it", "corrupt_image") from None
+    except UserWarning as e:
+        raise ApiError(400, f"{damage_reason(e)}; send the file again, or re-save it", "corrupt_image") from None
     return img
 
 

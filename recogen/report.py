@@ -102,8 +102,10 @@ def write_report(run_dir, title: str | None = None) -> Path:
 
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-    from .utils import atomic_write_text
+    from .utils import atomic_write_text, remove_stale_temporaries
 
     out = run_dir / "report.html"
     atomic_write_text(out, page)
+    for written in (out, run_dir / "curves.png"):  # what earlier reports killed mid-write left
+        remove_stale_temporaries(written)
     return out

@@ -9,11 +9,17 @@ from typing import Any, Callable
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file."""
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file.
+
+    The temporary file ``.NAME.XXXX.tmp`` stays locked (``flock``) until the rename, so that
+    :func:`remove_stale_temporaries` can tell the leftover of a killed writer from a write in progress.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if not _try_lock(fd):  # no advisory locks here (Windows, some network file systems); and on Windows
+        os.close(fd)       # an open handle would block the rename
+        fd = None
     try:
         write(tmp)
         # mkstemp makes the file 0600; a run's files get the usual mode (0644 under umask 022), or keep
@@ -27,6 +33,45 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting; False where it cannot be had. The kernel
+    releases it when the process ends, however it ends (SIGKILL included)."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except (ImportError, OSError):
+        return False
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.XXXX.tmp``) that killed :func:`atomic_write` calls of ``path``
+    left beside it, and return them. Never read, they only take space (an export's or a checkpoint's
+    size), and each kill adds one. A file is deleted only while this process holds its lock: one that a
+    live process is writing (a concurrent export, a training's own writes) is locked and kept; where
+    locks are not available nothing is deleted."""
+    import glob
+
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            fd = os.open(tmp, os.O_RDWR)  # writable: some network file systems lock only such files
+        except OSError:
+            continue  # gone meanwhile, or not ours to open
+        try:
+            if _try_lock(fd) and tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _umask() -> int:

@@ -73,8 +73,8 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     (ONNX: onnxruntime on sample batches of 1 and 3, max abs difference under 1e-4). An existing
     output is refused unless ``force``. Returns ``{"path", "card", "max_abs_diff", ...}``.
     """
-    from ..utils import write_json
     from ..artifact import load_portable, read_card
+    from ..utils import remove_stale_temporaries, write_json
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -97,6 +97,8 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     card_out = path.with_suffix(".json")
     if card_out.resolve() != card_path.resolve():
         write_json(card_out, card)  # the card travels beside the exported file
+    for written in (path, card_out):  # what earlier exports killed mid-write left (one file each kill)
+        remove_stale_temporaries(written)
     return {**result, "format": fmt, "card": str(card_out)}
 
 

@@ -59,8 +59,19 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     import glob
 
     path = Path(path)
+    return _remove_unlocked(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def remove_stale_temporaries_in(folder: Path) -> list[Path]:
+    """:func:`remove_stale_temporaries` for every file ``folder`` holds: all the ``.NAME.XXXX.tmp`` there
+    that no live process is writing (``--resume`` clears a run folder's with it)."""
+    return _remove_unlocked(Path(folder).glob(".*.tmp"))
+
+
+def _remove_unlocked(candidates) -> list[Path]:
+    """Delete each temporary file whose lock this process can take (so no live writer holds it)."""
     removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for tmp in candidates:
         try:
             fd = os.open(tmp, os.O_RDWR)  # writable: some network file systems lock only such files
         except OSError:

@@ -181,6 +181,10 @@ def test_cli_export_and_predict_backend_onnx(runs, exported, images, tmp_path):
     r = run_cli("export", run, "--out", tmp_path / "cls.onnx")
     assert r.returncode == 2 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert run_cli("export", run, "--out", tmp_path / "cls.onnx", "--force").returncode == 0
+    # A kill between the exported file and its card leaves the file alone: the refusal says so.
+    (tmp_path / "cls.json").unlink()
+    with pytest.raises(RunError, match=r"exists without its card cls\.json \(an interrupted export\?\); pass --force"):
+        export_model(run, "onnx", out=tmp_path / "cls.onnx")
     # predict --backend onnx (RUN/model.onnx, exported by the fixture) gives the eager labels.
     from recogen.tasks import classify
 

@@ -316,3 +316,23 @@ def test_stale_temporaries_are_removed_but_not_one_being_written(tmp_path):
     assert during == {"removed": [stale], "kept": True}
     assert target.read_text() == "<!DOCTYPE html>\n<html></html>\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "report.html"]
+
+
+def test_resume_clears_stale_temporaries_in_the_run_but_not_one_being_written(tmp_path):
+    """``--resume`` clears what killed writes left in the run folder and its checkpoints, but not the
+    temporary file a live process (a ``recogen report RUN`` beside the resume) holds locked."""
+    import fcntl
+
+    from recogen.tasks.runs import _remove_partial_writes
+
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / ".config.yaml.k1.tmp", tmp_path / "checkpoints" / ".last.ckpt.k2.tmp"]
+    live = tmp_path / ".report.html.k3.tmp"
+    for f in (*stale, live):
+        f.write_bytes(b"half")
+    with open(live, "rb+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as atomic_write holds its own
+        _remove_partial_writes(tmp_path)
+        assert [f.exists() for f in stale] == [False, False] and live.exists()
+    _remove_partial_writes(tmp_path)  # the writer is gone (its lock with it): now it is stale too
+    assert not live.exists()

@@ -86,6 +86,11 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     check_writable_folder(path.parent, "--out" if out is not None else "run folder",  # before any work
                           "give --out a writable file or folder")
     if path.exists() and not force:
+        card_beside = path.with_suffix(".json")
+        if card_beside.resolve() != card_path.resolve() and not card_beside.exists():
+            # The card is written after the exported file: a kill between the two leaves this.
+            raise RunError(f"{path} exists without its card {card_beside.name} (an interrupted export?); pass "
+                           "--force to export again, or --out to write elsewhere")
         raise RunError(f"{path} already exists; pass --force to replace it or --out to write elsewhere")
     if fmt == "safetensors" and path.resolve() == card_path.with_suffix(".safetensors").resolve():
         raise RunError(f"{path} is the run's own weights file; give --out a new path to copy it")

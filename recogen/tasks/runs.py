@@ -129,11 +129,13 @@ def prepare_run(cls: type[C], task: str, cfg: C) -> tuple[C, Path, Path | None]:
 
 def _remove_partial_writes(run: Path) -> None:
     """Delete the temporary files of atomic writes (``utils.atomic_write``: ``.NAME.XXXX.tmp``) that a
-    killed process left in ``run``: never read, they only take space (one can be a checkpoint's size)."""
+    killed process left in ``run``: never read, they only take space (one can be a checkpoint's size).
+    One a live process still writes (a ``recogen report RUN`` beside the resume) is locked, and kept."""
+    from ..utils import remove_stale_temporaries_in
+
     for folder in (run, run / "checkpoints"):
-        for tmp in folder.glob(".*.tmp"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
+        if folder.is_dir():
+            remove_stale_temporaries_in(folder)
 
 
 def create_model(name: str, model_kwargs: dict[str, Any], **kw: Any):

@@ -1,0 +1,138 @@
+"""The explanation methods, by name: each turns one :class:`Job` into a raw saliency map.
+
+CAM methods come from the grad-cam library (pytorch-grad-cam), attribution methods from captum; this
+module only adapts their calling conventions to one signature. Importing it is instant: the libraries
+(and torch) load when a method runs, so the CLI can list the names without them.
+
+A method gets the target as grad-cam's convention has it: a callable from one image's model output to a
+scalar (``ClassifierOutputTarget(k)`` for a class; the library's segmentation and detection targets fit
+the same slot), so a new task brings a target, not a new method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+    from torch import nn
+
+# Fixed batch sizes: the same image gives the same map whatever else runs (and memory stays bounded).
+SCORECAM_BATCH = 32  # masked copies of the input scored per forward pass
+IG_STEPS = 50  # Riemann steps of the path integral (captum's default)
+IG_BATCH = 25  # path points per forward pass
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to explain: ``model`` (eval mode), ``x`` the normalised input (1, C, H, W), ``target``
+    (one image's output -> scalar), the chosen ``layer`` module (None for input attribution) with its
+    ``reshape`` (tokens -> grid, or None) and the ``baseline`` input of attribution methods (same shape
+    as ``x``: the normalised black image)."""
+
+    model: "nn.Module"
+    x: "torch.Tensor"
+    target: Callable[["torch.Tensor"], "torch.Tensor"]
+    layer: "nn.Module | None"
+    reshape: Callable | None
+    baseline: "torch.Tensor"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``run(job)`` returns a non-negative map (H', W') as numpy, any scale (the
+    caller resizes to the input and scales to [0, 1]); ``uses_layer``: whether ``--layer`` applies."""
+
+    name: str
+    run: Callable[[Job], "np.ndarray"]
+    uses_layer: bool
+    help: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, uses_layer: bool, help: str) -> Callable:
+    """Register ``fn(job) -> map`` as explanation method ``name`` (duplicate names are an error).
+
+    >>> @register_method("my-cam", uses_layer=True, help="...")
+    ... def my_cam(job): ...
+    """
+
+    def add(fn: Callable[[Job], Any]) -> Callable[[Job], Any]:
+        if name in METHODS:
+            raise ValueError(f"duplicate explanation method {name!r}")
+        METHODS[name] = Method(name, fn, uses_layer, help)
+        return fn
+
+    return add
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``; an unknown name is a ConfigError listing the registered ones."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown explanation method {name!r}; choose from: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+# ----------------------------------------------------------------------------------- CAM methods
+def _run_cam(cam_class: str, job: Job, **attrs: Any) -> "np.ndarray":
+    """Run grad-cam's ``cam_class`` on ``job``; its hooks are removed afterwards (not with ``with``:
+    the library's ``__exit__`` prints and swallows IndexErrors)."""
+    import pytorch_grad_cam
+
+    cam = getattr(pytorch_grad_cam, cam_class)(job.model, [job.layer], reshape_transform=job.reshape)
+    for k, v in attrs.items():
+        setattr(cam, k, v)
+    try:
+        return cam(job.x, [job.target])[0]
+    finally:
+        cam.activations_and_grads.release()
+
+
+@register_method("gradcam", uses_layer=True, help="Grad-CAM (Selvaraju et al. 2017): channels weighted by mean gradient")
+def gradcam(job: Job) -> "np.ndarray":
+    return _run_cam("GradCAM", job)
+
+
+@register_method("gradcam++", uses_layer=True, help="Grad-CAM++ (Chattopadhyay et al. 2018): higher-order gradient weights")
+def gradcam_pp(job: Job) -> "np.ndarray":
+    return _run_cam("GradCAMPlusPlus", job)
+
+
+@register_method("eigencam", uses_layer=True, help="Eigen-CAM (Muhammad & Yeasin 2020): first principal component "
+                                                   "of the layer's activations; class-agnostic")
+def eigencam(job: Job) -> "np.ndarray":
+    return _run_cam("EigenCAM", job)
+
+
+@register_method("scorecam", uses_layer=True, help="Score-CAM (Wang et al. 2020): channels weighted by the score of "
+                                                   "the input masked by each; no gradients, one forward per channel")
+def scorecam(job: Job) -> "np.ndarray":
+    import contextlib
+    import io
+
+    # The library draws a tqdm bar per batch of masked inputs and offers no switch for it; its
+    # ScoreCAM writes nothing else, so its stderr is dropped for this call only.
+    with contextlib.redirect_stderr(io.StringIO()):
+        return _run_cam("ScoreCAM", job, batch_size=SCORECAM_BATCH)
+
+
+# --------------------------------------------------------------------------- attribution methods
+@register_method("integrated-gradients", uses_layer=False,
+                 help="Integrated Gradients (Sundararajan et al. 2017, captum) from the black image; "
+                      "channels summed as absolute values")
+def integrated_gradients(job: Job) -> "np.ndarray":
+    import torch
+    from captum.attr import IntegratedGradients
+
+    def score(inputs: torch.Tensor) -> torch.Tensor:  # the target's scalar for every input of the batch
+        return torch.stack([job.target(o) for o in job.model(inputs)])
+
+    attr = IntegratedGradients(score).attribute(job.x, baselines=job.baseline, n_steps=IG_STEPS,
+                                                internal_batch_size=IG_BATCH)
+    # Attributions are signed per channel; the map shows where they are large (abs, summed over channels).
+    return attr[0].detach().abs().sum(0).cpu().numpy()

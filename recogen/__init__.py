@@ -49,6 +49,22 @@ def evaluate(run: Any, **options: Any) -> dict[str, Any]:
     return get_task(read_card(run)["task"]).evaluate(run, **options)
 
 
+def explain(run: Any, images: Any, method: str = "gradcam", target: Any = None, layer: str | None = None,
+            out: Any = None, device: str = "cpu") -> list:
+    """Saliency maps of a classification run's predictions, as ``recogen explain`` makes them.
+
+    ``method``: gradcam, gradcam++, eigencam, scorecam or integrated-gradients; ``target``: the class
+    (name or index; default each image's top class); ``layer``: a module name (default per architecture);
+    ``out``: a folder for ``NAME.METHOD.png`` overlays and ``NAME.METHOD.npy`` maps. Returns one
+    :class:`recogen.saliency.api.Explanation` per image (``map`` in [0, 1], ``overlay``, ``top`` classes).
+
+    >>> ex = recogen.explain("runs/classify/shapes", ["a.png"], method="gradcam")
+    """
+    from .saliency.api import explain as _explain
+
+    return _explain(run, images, method=method, target=target, layer=layer, out=out, device=device)
+
+
 def create_model(name: str, **kwargs: Any):
     """Build a registered network by name (see :func:`list_models`)."""
     from .models import create_model as _create
@@ -70,4 +86,4 @@ def list_datasets() -> list[tuple[str, str]]:
     return _list()
 
 
-__all__ = ["__version__", "train", "load", "evaluate", "create_model", "list_models", "list_datasets"]
+__all__ = ["__version__", "train", "load", "evaluate", "explain", "create_model", "list_models", "list_datasets"]

@@ -204,7 +204,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 # Commands that live in their own package: module -> ``add_parser(sub, parser_class)``. Each module
 # imports only argparse at load time (the work is imported when the command runs).
-COMMAND_MODULES: list[str] = ["recogen.serve.cli_serve", "recogen.edit.cli_edit"]
+COMMAND_MODULES: list[str] = ["recogen.serve.cli_serve", "recogen.edit.cli_edit", "recogen.saliency.cli_explain"]
 
 
 # ------------------------------------------------------------------------------------------- parser

@@ -84,6 +84,8 @@ RULES: dict[str, tuple[Any, str]] = {
                 "auto, a number of devices >= 1, or a list of device indices like 0,1"),
     "augment": (lambda v: v in ("auto", "none", "light", "strong"), "one of auto, none, light, strong"),
     "label_smoothing": _fraction,
+    "unfreeze_at": (lambda v: v >= 1, "an epoch number >= 1 (epochs count from 0)"),
+    "backbone_lr_mult": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0, e.g. 0.1"),
     "width": _positive,
     "latent_dim": _positive,
     "beta": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
@@ -219,6 +221,15 @@ class ClassifyConfig(TrainConfig):
     skip_bad_images: bool = False
     label_smoothing: float = 0.1
     synthetic: str | None = None
+    # fine-tuning (tasks/finetune.py)
+    freeze_backbone: bool = False
+    unfreeze_at: int | None = None
+    backbone_lr_mult: float | None = None  # None: 0.1 when starting from weights, else 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unfreeze_at is not None and not self.freeze_backbone:
+            raise ConfigError(f"--unfreeze-at {self.unfreeze_at} needs --freeze-backbone (there is nothing to unfreeze)")
 
 
 @dataclass
@@ -291,6 +302,10 @@ OPTION_HELP: dict[str, str] = {
     "progress": "show the progress bar",
     "synthetic": "RUN:N adds N images per class from a class-conditional `generate` run to the training split",
     "resume": "continue the run in --out from its last checkpoint",
+    "freeze_backbone": "train only the classifier head; the backbone's weights and BatchNorm statistics stay fixed",
+    "unfreeze_at": "with --freeze-backbone: train the whole network from this epoch on (counted from 0)",
+    "backbone_lr_mult": "the backbone's learning rate as a fraction of --lr (default 0.1 when starting from "
+                        "--pretrained or --weights, else 1)",
     # generation (GenerateConfig)
     "width": "base channel width of the generative network (default: per model)",
     "latent_dim": "size of the latent vector z (vae, dcgan)",

@@ -34,10 +34,17 @@ def create_model(
     weights: str | Path | None = None,
     **kwargs: Any,
 ):
-    """Build a registered model; ``weights`` loads a local state dict (safetensors, .pt, Lightning .ckpt).
+    """Build a registered model, or any library classifier as ``tv:NAME`` / ``timm:NAME`` (models/sources.py);
+    ``weights`` loads a local state dict (safetensors, .pt, Lightning .ckpt).
 
     >>> m = create_model("seed-cnn", num_classes=10, in_chans=1, image_size=28)
+    >>> m = create_model("tv:mobilenet_v3_small", num_classes=10, in_chans=1, image_size=32)
     """
+    from .sources import build_source_model, split_name
+
+    if split_name(name) is not None:  # strict loading of library weights, the head replaced for our classes
+        return build_source_model(name, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                                  pretrained=pretrained, weights=weights, **kwargs)
     _load_builders()
     entry = MODELS.get(name)
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, pretrained=pretrained, **kwargs)
@@ -56,7 +63,12 @@ def list_models(task: str | None = None) -> list[tuple[str, str]]:
 
 
 def model_meta(name: str) -> dict[str, Any]:
-    """The metadata a model was registered with (task, family, description, min_size...)."""
+    """The metadata a model was registered with (task, family, description, min_size...); a library
+    model (``tv:NAME``/``timm:NAME``) is a classifier."""
+    from .sources import split_name
+
+    if split_name(name) is not None:
+        return {"task": "classify", "description": f"{name.partition(':')[0]} library model"}
     _load_builders()
     return dict(MODELS.get(name).meta)
 

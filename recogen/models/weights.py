@@ -56,3 +56,42 @@ def fetch_pretrained(what: str, fetch: Callable[[], object], cache_hint: str) ->
             f"could not load pretrained weights for {what} ({type(e).__name__}). Offline, place the file in "
             f"{cache_hint}, or pass --weights PATH to a local file."
         ) from None
+
+
+def load_backbone_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """Load a library state dict into ``model`` (a ``tv:``/``timm:`` model) strictly, except its head.
+
+    Every backbone key must be present with the same shape, and nothing else may be there: a file of
+    another architecture is refused in one line naming the missing and unexpected keys. The classifier
+    head (the model's ``recogen_head`` modules) is loaded only when its shape fits our classes; otherwise
+    it keeps its fresh initialisation. A 3-channel first conv is folded onto 1 channel (or repeated onto
+    more) as timm does for ``in_chans``, so ImageNet filters serve grayscale images.
+    """
+    from .parts import HEAD_ATTR, STEM_ATTR
+
+    heads = tuple(f"{h}." for h in getattr(model, HEAD_ATTR, ()))
+    stem = getattr(model, STEM_ATTR, None)
+    own = model.state_dict()
+    is_head = lambda k: k.startswith(heads)  # noqa: E731
+    missing = sorted(k for k in own if not is_head(k) and k not in sd)
+    unexpected = sorted(k for k in sd if not is_head(k) and k not in own)
+    if missing or unexpected:
+        raise ModelError(
+            f"{what} does not fit {getattr(model, 'recogen_source', type(model).__name__)}: "
+            f"{len(missing)} missing keys ({', '.join(missing[:3]) or '-'}), "
+            f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3]) or '-'}); pass weights of this architecture")
+    keep: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if is_head(k):
+            if own[k].shape == v.shape:  # same number of classes: keep the trained head
+                keep[k] = v
+            continue
+        if stem and k == f"{stem}.weight" and v.ndim == 4 and v.shape[1] != own[k].shape[1]:
+            from timm.models import adapt_input_conv
+
+            v = adapt_input_conv(own[k].shape[1], v)  # sum the RGB filters (1 channel) or repeat them
+        if own[k].shape != v.shape:
+            raise ModelError(f"{what} does not fit {getattr(model, 'recogen_source', type(model).__name__)}: "
+                             f"{k} has shape {tuple(v.shape)}, the model wants {tuple(own[k].shape)}")
+        keep[k] = v
+    model.load_state_dict(keep, strict=False)

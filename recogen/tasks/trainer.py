@@ -24,7 +24,7 @@ def auto_precision() -> str:
 
 
 
-def make_scheduler(opt, schedule: str, lr: float, total_steps: int, warmup: float = 0.25):
+def make_scheduler(opt, schedule: str, lr: float | list[float], total_steps: int, warmup: float = 0.25):
     """The per-step LR schedule ``schedule`` (onecycle, cosine or none) for ``opt``; None for a constant rate.
 
     ``warmup`` is one-cycle's warm-up fraction. A very short run (a few batches) gets at least one step
@@ -53,7 +53,9 @@ def configure_optimizers(cfg: TrainConfig, params, total_steps: int):
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         raise ConfigError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
-    sched = make_scheduler(opt, cfg.schedule, cfg.lr, total_steps)
+    # Parameter groups with their own rates (fine-tuning: backbone vs head) peak at their own rates.
+    lrs = [g.get("lr", cfg.lr) for g in opt.param_groups]
+    sched = make_scheduler(opt, cfg.schedule, lrs if len(set(lrs)) > 1 else cfg.lr, total_steps)
     if sched is None:
         return opt
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

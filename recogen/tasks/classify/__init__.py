@@ -25,6 +25,31 @@ class ClassifyTask(Task):
     predictor = "recogen.tasks.classify.predict:Classifier"
     parts = ("recipe", "module", "predict")
 
+    def prepare_config(self, cfg):
+        # The published weights' own input size unless --image-size says otherwise (tv:/timm: models).
+        if cfg.pretrained and cfg.image_size is None:
+            from ...models.sources import preprocessing
+
+            pre = preprocessing(cfg.model)
+            if pre is not None:
+                import dataclasses
+
+                return dataclasses.replace(cfg, image_size=pre["input_size"])
+        return cfg
+
+    def normalization(self, cfg, splits) -> tuple[list[float], list[float]]:
+        """Mean and std the inputs are normalised with: the published weights' own (``--pretrained``
+        tv:/timm: model, averaged over RGB for grayscale input), else the training images'."""
+        from ...models.sources import preprocessing
+
+        pre = preprocessing(cfg.model) if cfg.pretrained else None
+        if pre is None:
+            return splits.mean_std()
+        mean, std = pre["mean"], pre["std"]
+        if cfg.channels == 1:  # the first conv's filters are summed over RGB too (weights.load_backbone_strict)
+            mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+        return list(mean), list(std)
+
     def load_data(self, cfg):
         splits = super().load_data(cfg)
         if cfg.synthetic:
@@ -42,11 +67,12 @@ class ClassifyTask(Task):
     def build_module(self, model, cfg, splits, train_batches):
         from .module import ClassifierModule
 
-        mean, std = splits.mean_std()
+        mean, std = self.normalization(cfg, splits)
         return ClassifierModule(model, cfg, len(splits.classes), mean, std, splits.hflip_ok)
 
     def card(self, cfg, model, splits):
-        return {**super().card(cfg, model, splits), "hflip_ok": splits.hflip_ok}
+        mean, std = self.normalization(cfg, splits)  # predict and serve normalise as training did
+        return {**super().card(cfg, model, splits), "normalize": {"mean": mean, "std": std}, "hflip_ok": splits.hflip_ok}
 
     def evaluate_model(self, model, card, ds, run, split, data, has_test=None):
         from .predict import evaluate_model

@@ -22,6 +22,34 @@ class ClassifierModule(TaskModule):
         self.augment = None if preset.is_identity else BatchAugment(preset, hflip_ok)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
+    # ------------------------------------------------------------------ fine-tuning (tasks/finetune.py)
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        # Recomputed from the epoch each time, so a resumed run is frozen or not exactly as before.
+        from ..finetune import frozen_at, set_backbone_frozen
+
+        if self.cfg.freeze_backbone:
+            self.backbone_frozen = frozen_at(self.cfg, self.current_epoch)
+            set_backbone_frozen(self.model, self.backbone_frozen)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # Lightning puts the module back in train mode after validation: keep frozen BatchNorm in eval.
+        if getattr(self, "backbone_frozen", False):
+            from ..finetune import backbone_modules
+
+            for m in backbone_modules(self.model):
+                m.eval()
+
+    def configure_optimizers(self):
+        from ..finetune import param_groups
+        from ..trainer import configure_optimizers
+
+        mult = 1.0 if self.cfg.backbone_lr_mult is None else self.cfg.backbone_lr_mult
+        if mult == 1.0 and not self.cfg.freeze_backbone:  # one group, as every run before fine-tuning had
+            return super().configure_optimizers()
+        return configure_optimizers(self.cfg, param_groups(self.model, self.cfg.lr, mult),
+                                    int(self.trainer.estimated_stepping_batches))
+
     def on_after_batch_transfer(self, batch, dataloader_idx):
         # Runs on the training device: augmentation on the GPU when there is one.
         x, y = batch

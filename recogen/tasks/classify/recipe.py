@@ -42,10 +42,19 @@ def resolve_defaults(cfg: ClassifyConfig, splits: ImageSplits) -> tuple[Classify
         c.epochs = data_epochs(n)
         steps = max(1, n // c.batch_size)
         why.append(f"{'at most ' if budget else ''}{c.epochs} epochs (~{c.epochs * steps} steps; fewer images need more passes)")
+    library = ":" in c.model  # tv:NAME / timm:NAME (models/sources.py)
     if c.lr is None:
         is_vit = c.model.startswith("vit")
-        c.lr = (5e-4 if is_vit else 1e-3 if c.model.startswith("resnet") else 3e-3) * (0.1 if c.pretrained else 1)
+        # A library model from weights gets its small rate from --backbone-lr-mult instead (the head
+        # it trains is new); our short list keeps its measured rates.
+        c.lr = ((5e-4 if is_vit else 1e-3 if c.model.startswith("resnet") or library else 3e-3)
+                * (0.1 if c.pretrained and not library else 1))
         why.append(f"lr {c.lr:g} ({c.optimizer}, {c.schedule})")
+    if c.backbone_lr_mult is None:
+        from_weights = library and (c.pretrained or c.weights is not None)
+        c.backbone_lr_mult = 0.1 if from_weights else 1.0
+        if from_weights:
+            why.append(f"backbone lr x{c.backbone_lr_mult:g} (fine-tuning pretrained weights)")
     if c.augment == "auto":
         c.augment = "light" if n < 50_000 else "strong"
         why.append(f"augment {c.augment}")

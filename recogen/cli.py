@@ -141,6 +141,11 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_models(ns: argparse.Namespace) -> int:
     from .models import list_models, model_meta
 
+    if ns.source:  # a library's architectures, used as tv:NAME / timm:NAME
+        from .cli_weights import print_source_models
+
+        return print_source_models(ns)
+
     rows = [{"name": name, "task": model_meta(name).get("task"), "description": desc} for name, desc in list_models(ns.task)]
     if ns.json:
         print(json.dumps(rows, indent=2))
@@ -204,7 +209,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 # Commands that live in their own package: module -> ``add_parser(sub, parser_class)``. Each module
 # imports only argparse at load time (the work is imported when the command runs).
-COMMAND_MODULES: list[str] = ["recogen.serve.cli_serve", "recogen.edit.cli_edit", "recogen.saliency.cli_explain"]
+COMMAND_MODULES: list[str] = ["recogen.serve.cli_serve", "recogen.edit.cli_edit", "recogen.saliency.cli_explain",
+                              "recogen.cli_weights"]
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -286,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
+    importlib.import_module("recogen.cli_weights").add_source_options(mo)  # models --source tv|timm --filter PATTERN
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).add_parser(sub, _Parser)
     return p

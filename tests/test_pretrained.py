@@ -222,3 +222,19 @@ def test_freeze_state_follows_the_epoch_after_resume(tmp_path):
         _train(tmp_path, "run", path, **opts, callbacks=[Watch()])
     _train(tmp_path, "run", path, **opts, resume=True, callbacks=[Watch()])
     assert seen == [(0, False, False), (1, False, False), (2, True, True)]
+
+
+def test_cli_lists_sources_and_imports_weights(offline, capsys):
+    import torchvision
+    from conftest import assert_one_line, main_in_process
+
+    rc, out, _ = main_in_process(capsys, "models", "--source", "timm", "--filter", "test_res*")
+    assert rc == 0 and out.split() == ["timm:test_resnet"]
+    path = offline / "sq.pth"
+    torch.save(torchvision.models.get_model("squeezenet1_1").state_dict(), path)
+    rc, out, _ = main_in_process(capsys, "weights", "import", path, "--model", "tv:squeezenet1_1")
+    assert rc == 0 and "squeezenet1_1-b8a52dc0.pth" in out
+    rc, out, _ = main_in_process(capsys, "weights", "list")
+    assert "tv:squeezenet1_1" in out
+    rc, _, err = main_in_process(capsys, "weights", "import", path, "--model", "tv:resnet18")
+    assert_one_line(rc, err, "missing keys", "unexpected keys")

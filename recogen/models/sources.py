@@ -64,7 +64,7 @@ def build_source_model(name: str, *, num_classes: int, in_chans: int, image_size
     """Build ``tv:NAME``/``timm:NAME`` for our classes and channels; ``weights``: a local state dict of
     the same architecture, loaded strictly except the classifier head."""
     source, arch = split_name(name)  # type: ignore[misc]
-    if arch not in source.names(None, False):
+    if arch.split(".")[0] not in source.names(None, False):
         raise ModelError(f"{source.prefix} has no classification model {arch!r}; list them with "
                          f"`recogen models --source {source.prefix} --filter '*{arch[:6]}*'`")
     model = source.build(arch, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
@@ -201,7 +201,8 @@ def fetch_tv_state_dict(arch: str):
 def _timm_names(pattern: str | None, pretrained: bool) -> list[str]:
     import timm
 
-    return _match(timm.list_models(pretrained=pretrained), pattern)
+    # Published weights come as tagged names ("convnext_atto.d2_in1k"); --pretrained takes the default tag.
+    return _match(list({n.split(".")[0] for n in timm.list_models(pretrained=pretrained)}), pattern)
 
 
 def _timm_cfg(arch: str):

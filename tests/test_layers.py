@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recogen"
 # The lower layers, and what none of them may import (not even inside a function).
 LOWER = ("recogen.data", "recogen.metrics", "recogen.models", "recogen.artifact", "recogen.utils",
          "recogen.config", "recogen.registry", "recogen.errors")
-UPPER = ("recogen.tasks", "recogen.serve", "recogen.cli", "recogen.edit", "recogen.demo")
+UPPER = ("recogen.tasks", "recogen.serve", "recogen.cli", "recogen.edit", "recogen.demo", "recogen.saliency")
 
 
 # -------------------------------------------------------------------------------------- the graph

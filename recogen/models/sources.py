@@ -248,7 +248,7 @@ def _timm_build(arch: str, *, num_classes: int, in_chans: int, image_size: int, 
     make = lambda: timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kw)  # noqa: E731
     if pretrained:
         path = _timm_cache_file(arch)
-        net = fetch_pretrained(f"timm:{arch}", lambda: _hf_fast(make, path), str(path))
+        net = fetch_pretrained(f"timm:{arch}", lambda: hf_fast(make, path), str(path))
     else:
         net = make()
     cfg = net.pretrained_cfg or {}
@@ -259,7 +259,7 @@ def _timm_build(arch: str, *, num_classes: int, in_chans: int, image_size: int, 
     return net
 
 
-def _hf_fast(make, path: Path):
+def hf_fast(make: Callable[[], Any], path: Path):
     """``make()`` through huggingface_hub's cache; with no network (or ``HF_HUB_OFFLINE=1``) it reads
     only the cache, so that a missing file fails at once instead of after the hub client's retries."""
     from huggingface_hub import constants

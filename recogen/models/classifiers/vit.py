@@ -1,8 +1,6 @@
 """Vision Transformers from timm, with the patch size chosen for the input size."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ...errors import ModelError
 from .. import register_model
 from ..weights import fetch_pretrained
@@ -24,10 +22,11 @@ def _vit(arch: str, label: str, *, num_classes, in_chans, image_size, pretrained
     )
     if not pretrained:
         return make()
-    import os
+    from ..sources import cache_file, hf_fast
 
-    hub = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-    return fetch_pretrained(f"{label} (timm {arch})", make, str(hub))
+    # Through the hub client's cache only when offline: a missing file fails at once, not after its retries.
+    path = cache_file(f"timm:{arch}")
+    return fetch_pretrained(f"{label} (timm {arch})", lambda: hf_fast(make, path), str(path))
 
 
 @register_model("vit-tiny", task="classify", description="timm ViT-Tiny (5.7M), patch size chosen for the input")

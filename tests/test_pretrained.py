@@ -61,7 +61,7 @@ def test_models_source_listing_prints_prefixed_names(capsys):
 
 
 # ------------------------------------------------------------------ (2) a "pretrained" file, offline
-def _published_like(tmp_path, arch="test_resnet", seed=0, fmt="pth"):
+def _published_like(tmp_path, arch="test_resnet", seed=0, fmt="pth", steps=3):
     """A timm model's state dict saved as timm publishes it (1000-class head), after a few training
     steps on shapes so that it is not its initialisation."""
     import timm
@@ -70,12 +70,14 @@ def _published_like(tmp_path, arch="test_resnet", seed=0, fmt="pth"):
 
     torch.manual_seed(seed)
     net = timm.create_model(arch, num_classes=1000)
-    ds = create_dataset("shapes:128", DataOptions(image_size=32, channels=3, seed=seed)).train
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    x, y = ds.images.float().div(255), ds.labels
-    for _ in range(3):
+    ds = create_dataset(f"shapes:{max(128, steps * 4)}", DataOptions(image_size=32, channels=3, seed=seed)).train
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3 if steps <= 3 else 3e-3)
+    x, y = ds.images.float().div(255).sub(0.5).div(0.25), ds.labels
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (64,), generator=g) if steps > 3 else slice(None)
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
         opt.step()
     path = tmp_path / f"{arch}.{fmt}"
     if fmt == "safetensors":
@@ -158,7 +160,8 @@ def test_timm_import_is_read_from_the_hub_cache_offline(offline):
 def _train(tmp_path, name, weights, **over):
     from recogen.tasks import classify
 
-    opts = dict(data="digits", limit=128, image_size=32, channels=3, model="timm:test_resnet", weights=str(weights),
+    opts = dict(data="digits", limit=128, image_size=32, channels=3, model="timm:test_resnet",
+                weights=None if weights is None else str(weights),
                 epochs=1, batch_size=64, out=str(tmp_path / name), progress=False, seed=0, precision="32-true")
     return classify.train(**{**opts, **over})
 
@@ -238,3 +241,21 @@ def test_cli_lists_sources_and_imports_weights(offline, capsys):
     assert "tv:squeezenet1_1" in out
     rc, _, err = main_in_process(capsys, "weights", "import", path, "--model", "tv:resnet18")
     assert_one_line(rc, err, "missing keys", "unexpected keys")
+
+
+# ------------------------------------------------------------------ (3) fine-tuning beats scratch
+def test_fine_tuning_from_a_pretrained_file_beats_scratch_at_the_same_budget(tmp_path):
+    # A "published" timm test_resnet trained 150 steps on shapes (plain loop), then 5 epochs (20 steps) on
+    # 300 digits with recogen's recipe (lr 3e-3; from weights: backbone lr x0.1), test accuracy.
+    # Measured twice on this machine (identical, seeded), seeds 0/1/2:
+    #   scratch 0.245 / 0.197 / 0.253   fine-tuned 0.320 / 0.401 / 0.320   (gap >= 0.067 every seed)
+    # The test runs seeds 0 and 1 and asks for a gap of 0.03 each: well under the smallest measured one.
+    import json
+
+    path, _ = _published_like(tmp_path, steps=150)
+    for seed in (0, 1):
+        acc = {}
+        for label, w in (("scratch", None), ("fine-tuned", path)):
+            run = _train(tmp_path, f"{label}{seed}", w, limit=300, epochs=5, lr=3e-3, seed=seed)
+            acc[label] = json.loads((run / "metrics.json").read_text())["accuracy"]
+        assert acc["fine-tuned"] > acc["scratch"] + 0.03, (seed, acc)

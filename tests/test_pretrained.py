@@ -259,3 +259,26 @@ def test_fine_tuning_from_a_pretrained_file_beats_scratch_at_the_same_budget(tmp
             run = _train(tmp_path, f"{label}{seed}", w, limit=300, epochs=5, lr=3e-3, seed=seed)
             acc[label] = json.loads((run / "metrics.json").read_text())["accuracy"]
         assert acc["fine-tuned"] > acc["scratch"] + 0.03, (seed, acc)
+
+
+def test_pretrained_run_uses_the_weights_normalisation_and_input_size(offline):
+    """--pretrained with no --image-size trains at the weights' own size and normalises as they were
+    trained; model.json records both, so predict and serve do the same."""
+    import json
+
+    from recogen.models.sources import import_weights, preprocessing
+
+    path, _ = _published_like(offline, fmt="safetensors")
+    import_weights(path, "timm:test_resnet")
+    pre = preprocessing("timm:test_resnet")
+    run = _train(offline, "run", None, pretrained=True, channels=1, limit=64, image_size=None, batch_size=32)
+    card = json.loads((run / "model.json").read_text())
+    assert card["image_size"] == pre["input_size"] == 160
+    assert card["normalize"]["mean"] == pytest.approx([sum(pre["mean"]) / 3])  # RGB folded onto gray
+    assert card["normalize"]["std"] == pytest.approx([sum(pre["std"]) / 3])
+    from PIL import Image
+
+    from recogen.tasks import classify
+
+    top = classify.load(run).predict(Image.new("L", (20, 20), 128), topk=2)  # rebuilt from the card, offline
+    assert len(top["topk"]) == 2

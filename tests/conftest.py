@@ -93,3 +93,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path) -> Path:
+    """No network and empty library caches (torch.hub under TORCH_HOME, the Hugging Face hub cache),
+    whatever the machine running the tests has; returns the folder that holds the caches."""
+    import socket
+
+    def no_dns(*a, **k):
+        raise socket.gaierror("offline (test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read once, at its import
+    return tmp_path

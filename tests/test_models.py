@@ -1,7 +1,6 @@
 """Model registry and builders: shapes, feature/head split, input-size checks, weights, offline errors."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
@@ -58,18 +57,6 @@ def test_duplicate_registration_is_an_error():
     reg.register("a")(lambda: 1)
     with pytest.raises(ValueError, match="duplicate"):
         reg.register("a")(lambda: 2)
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network and empty caches, whatever the machine running the tests has."""
-    def no_dns(*a, **k):
-        raise socket.gaierror("offline (test)")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vit-tiny"])

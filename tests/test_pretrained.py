@@ -2,7 +2,6 @@
 fine-tuning (--freeze-backbone, --unfreeze-at, backbone learning rate). Tiny models, 32 px, offline."""
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -10,21 +9,6 @@ import torch
 
 from recogen.errors import ModelError, OfflineError
 from recogen.models import create_model
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network and empty library caches (torch.hub under TORCH_HOME, the Hugging Face hub cache)."""
-    def no_dns(*a, **k):
-        raise socket.gaierror("offline (test)")
-
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # read once, at its import
-    return tmp_path
 
 
 # ------------------------------------------------------------------------------- (1) build and list

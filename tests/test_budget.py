@@ -161,6 +161,20 @@ def test_every_task_resolves_a_budgeted_policy_on_either_cpu(monkeypatch, bf16):
     assert (e.epochs, e.budget) == (3, "none")
 
 
+def test_unfreeze_at_must_fall_inside_the_run():
+    """--unfreeze-at past the last epoch would keep the backbone frozen all along: refused with --epochs
+    given, said with the choice when the epochs were chosen; inside the run it passes silently."""
+    from recogen.data import DataOptions, create_dataset
+
+    digits = create_dataset("digits", DataOptions(image_size=28))
+    with pytest.raises(ConfigError, match=r"--unfreeze-at 5 is not before the last epoch \(--epochs 5"):
+        classify.resolve_defaults(ClassifyConfig(data="digits", epochs=5, freeze_backbone=True, unfreeze_at=5), digits)
+    ok, why = classify.resolve_defaults(ClassifyConfig(data="digits", epochs=5, freeze_backbone=True, unfreeze_at=4), digits)
+    assert ok.unfreeze_at == 4 and not any("unfreeze" in w for w in why)
+    chosen, why = classify.resolve_defaults(ClassifyConfig(data="digits", freeze_backbone=True, unfreeze_at=999), digits)
+    assert any("--unfreeze-at 999 is past the" in w and "stays frozen" in w for w in why), why
+
+
 # ------------------------------------------------------------------------------------ end to end
 def test_a_tiny_budget_trains_what_fits_and_records_the_plan(tmp_path):
     out = tmp_path / "run"

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from ...config import ClassifyConfig
 from ...data import ImageSplits
+from ...errors import ConfigError
 from ..runs import resolve_budget
 from ..trainer import auto_precision
 
@@ -42,6 +44,7 @@ def resolve_defaults(cfg: ClassifyConfig, splits: ImageSplits) -> tuple[Classify
         c.epochs = data_epochs(n)
         steps = max(1, n // c.batch_size)
         why.append(f"{'at most ' if budget else ''}{c.epochs} epochs (~{c.epochs * steps} steps; fewer images need more passes)")
+    _check_unfreeze(c, explicit_epochs=cfg.epochs is not None, why=why)
     library = ":" in c.model  # tv:NAME / timm:NAME (models/sources.py)
     if c.lr is None:
         is_vit = c.model.startswith("vit")
@@ -65,3 +68,15 @@ def resolve_defaults(cfg: ClassifyConfig, splits: ImageSplits) -> tuple[Classify
         c.channels_last = not (c.model.startswith("vit") or c.model == "cnn-rnn")
     c.image_size, c.channels = size, chans
     return c, why
+
+
+def _check_unfreeze(c: Any, *, explicit_epochs: bool, why: list[str]) -> None:
+    """``--unfreeze-at E`` must fall inside the run: with ``--epochs N`` given, E >= N would train a
+    frozen backbone all along (refused); with chosen epochs it is said with the choice."""
+    if c.unfreeze_at is None or c.unfreeze_at < c.epochs:
+        return
+    if explicit_epochs:
+        raise ConfigError(f"--unfreeze-at {c.unfreeze_at} is not before the last epoch (--epochs {c.epochs} counts "
+                          f"0..{c.epochs - 1}): the backbone would never train; use --unfreeze-at below "
+                          f"{c.epochs}, more --epochs, or drop --unfreeze-at to keep it frozen")
+    why.append(f"note: --unfreeze-at {c.unfreeze_at} is past the {c.epochs} chosen epochs: the backbone stays frozen")

@@ -27,7 +27,8 @@ INPUT = "input"  # the "layer" of attribution methods, which attribute the input
 
 
 def explain(run: Any, images: Any, method: str = "gradcam", target: Any = None, layer: str | None = None,
-            out: str | Path | None = None, device: str = "cpu") -> list[Explanation]:
+            out: str | Path | None = None, device: str = "cpu", *,
+            explainable: "nn.Module | None" = None) -> list[Explanation]:
     """Explain a run's predictions on ``images`` with ``method``; returns one :class:`Explanation` each.
 
     ``run``: a run folder, a ``model.json`` or a loaded predictor (``recogen.load(RUN)``); classification
@@ -36,6 +37,9 @@ def explain(run: Any, images: Any, method: str = "gradcam", target: Any = None, 
     ``target``: the class to explain (index or name; default each image's top class). ``layer``: a
     module name of ``model.named_modules()`` (default: the architecture family's, e.g. the last conv
     stage). ``out``: a folder to write ``NAME.METHOD.png`` (overlay) and ``NAME.METHOD.npy`` (map) into.
+    ``explainable``: the predictor's network as :func:`explainable_copy` made it, used as it is instead
+    of a fresh copy per call (the service keeps one per model); grad-cam hooks its layers during the
+    call, so the caller must not let two calls use the same one at once.
 
     >>> ex = explain("runs/classify/shapes", ["a.png"], method="gradcam", target="circle")
     >>> ex[0].map.shape, ex[0].label, ex[0].top
@@ -48,7 +52,7 @@ def explain(run: Any, images: Any, method: str = "gradcam", target: Any = None, 
     predictor, explainer = _load(run, device)
     card = predictor.card
     resolved = explainer.resolve(target, card)
-    model = explainable_copy(predictor.model)
+    model = explainable if explainable is not None else explainable_copy(predictor.model)
     lay = resolve_layer(model, layer) if meth.uses_layer else None
     srcs = list(images) if isinstance(images, (list, tuple)) else [images]
     inputs = [explainer.read(src, card) for src in srcs]  # every image decoded before any model work

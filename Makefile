@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dense_defaults.py --task segment --data digit-scenes --seeds 0 1 2 --json runs/bench/segment_defaults.json
 	$(BIN)/python benchmarks/dense_defaults.py --task detect --data digit-scenes --seeds 0 1 2 --json runs/bench/detect_defaults.json
 	$(BIN)/python benchmarks/generate_judge.py --seeds 0 1 2 --json runs/bench/generate_judge.json
+	$(BIN)/python benchmarks/finetune_vs_scratch.py --seeds 0 1 2 --json runs/bench/finetune_vs_scratch.json
+	$(BIN)/python benchmarks/finetune_vs_scratch.py --source mnist-5k --target textures --seeds 0 1 2 --json runs/bench/finetune_vs_scratch_reverse.json
+	$(BIN)/python benchmarks/explain_latency.py --images 5 --json runs/bench/explain_latency.json
 
 clean:
 	rm -rf $(VENV) runs

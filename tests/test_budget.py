@@ -56,8 +56,9 @@ class _FakeTrainer:
         return self.fit_loop.max_epochs
 
 
-def _drive(monkeypatch, *, budget_s, epoch_s, cap=100, steps=10, epochs_to_run=None):
-    """Run the callback over epochs of ``epoch_s`` seconds each on a fake clock; returns trainer, plans, lrs."""
+def _drive(monkeypatch, *, budget_s, epoch_s, cap=100, steps=10, epochs_to_run=None, regime=None):
+    """Run the callback over epochs of ``epoch_s`` seconds each on a fake clock; returns trainer, plans, lrs.
+    ``regime(epoch)``: the module's ``train_regime`` in that epoch (none: a module without one)."""
     clock = {"t": 0.0}
     monkeypatch.setattr(budget, "_now", lambda: clock["t"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -69,13 +70,14 @@ def _drive(monkeypatch, *, budget_s, epoch_s, cap=100, steps=10, epochs_to_run=N
         if epoch >= tr.max_epochs or tr.should_stop:
             break
         tr.current_epoch = epoch
-        cb.on_train_epoch_start(tr, None)
+        module = types.SimpleNamespace(train_regime=regime(epoch)) if regime else None
+        cb.on_train_epoch_start(tr, module)
         for _ in range(steps):
             opt.step()
             tr.lr_scheduler_configs[0].scheduler.step()
             lrs.append(opt.param_groups[0]["lr"])
         clock["t"] += epoch_s[epoch] if isinstance(epoch_s, list) else epoch_s
-        cb.on_train_epoch_end(tr, None)
+        cb.on_train_epoch_end(tr, module)
     return tr, plans, lrs
 
 
@@ -107,6 +109,21 @@ def test_budget_replans_from_later_epochs_and_stops_when_the_machine_slows(monke
     assert plans[0] == 5 and plans[-1] > plans[0], plans
     # After the planning epochs, epochs of 30 s do not fit what is left: it stops early, within budget.
     assert tr.should_stop and tr.current_epoch + 1 < tr.max_epochs
+
+
+def test_budget_replans_when_the_epochs_change_cost(monkeypatch):
+    """Fine-tuning: 5 frozen epochs of 1 s, then the whole network at 3 s an epoch. Planned from the
+    frozen epochs alone, 60 s looked like ~57 epochs and the clock cut the run with the LR mid-schedule;
+    re-planned when the regime changes, the run ends on its own, inside the budget, its LR annealed."""
+    frozen = lambda epoch: epoch < 5  # noqa: E731
+    times = [1.0] * 5 + [3.0] * 100
+    tr, plans, lrs = _drive(monkeypatch, budget_s=60, epoch_s=times, cap=100, steps=4, regime=frozen)
+    assert not tr.should_stop, plans  # not cut by the clock
+    assert sum(times[:tr.max_epochs]) <= 60 and tr.max_epochs == 23, plans  # 5 s + 18 x 3 s = 59 s
+    assert len(lrs) == tr.max_epochs * 4 and lrs[-1] < 1e-3 * max(lrs)
+    # Without the regime (the times alone), the old plan is kept and the clock stops the run.
+    tr2, _, lrs2 = _drive(monkeypatch, budget_s=60, epoch_s=times, cap=100, steps=4)
+    assert tr2.should_stop and lrs2[-1] > 0.1 * max(lrs2)
 
 
 # ------------------------------------------------------------------------------ the defaults policy

@@ -6,6 +6,9 @@ made from measured epoch times: after each of the first epochs the remaining tim
 measured epoch time, the epoch count and the learning-rate schedule are re-planned to end there, and
 the resolved count is written back to ``config.yaml`` (so ``--resume`` continues the same plan).
 A run that still drifts past its budget stops at the end of an epoch and keeps the best checkpoint.
+A module whose epochs change cost mid-run (fine-tuning: a frozen backbone trains in about half the time
+of the whole network) says so through a ``train_regime`` attribute; when it changes, the measurements
+start over and the plan is made again from the new epochs.
 
 An explicit ``--epochs`` without ``--budget`` trains exactly that many epochs (deterministic runs and
 tests); ``--budget none`` turns the clock off and trains the data's epoch count.
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _now = time.perf_counter  # the clock (a name of its own so tests can drive it)
 
+
+_UNSET = object()  # no epoch seen yet (a module's regime may itself be None)
 
 # scheduler -> function(total_steps) building the same schedule for another length (filled by
 # trainer.make_scheduler; used by replan).
@@ -57,6 +62,7 @@ def budget_callback(budget_s: float, t_start: float, cap: int, reserve_s: Callab
             self.val_s = 0.0
             self.t_epoch = self.t_val = 0.0
             self.last_end: float | None = None
+            self.regime: object = _UNSET
 
         def on_train_epoch_start(self, trainer, module):
             self.t_epoch = _now()
@@ -71,6 +77,13 @@ def budget_callback(budget_s: float, t_start: float, cap: int, reserve_s: Callab
             now = _now()
             # From the previous epoch's end: what runs after this hook (the module's own epoch-end
             # work, checkpoint writes) is then counted too.
+            regime = getattr(module, "train_regime", None)
+            if self.regime is not _UNSET and regime != self.regime:
+                # The epochs now cost something else (the backbone was unfrozen): the earlier
+                # times would mislead the plan; measure and re-plan from here.
+                log.info("time budget: the epochs changed (%s -> %s); re-planning from new measurements", self.regime, regime)
+                self.epoch_s = []
+            self.regime = regime
             self.epoch_s.append(now - (self.t_epoch if self.last_end is None else self.last_end))
             self.last_end = now
             # The first epoch pays one-off costs (allocator warm-up, first calls): once there are

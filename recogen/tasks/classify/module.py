@@ -32,6 +32,12 @@ class ClassifierModule(TaskModule):
             self.backbone_frozen = frozen_at(self.cfg, self.current_epoch)
             set_backbone_frozen(self.model, self.backbone_frozen)
 
+    @property
+    def train_regime(self) -> bool | None:
+        """Whether this epoch trains a frozen backbone (None: not fine-tuning). Unfrozen epochs cost
+        more; the time budget (tasks/budget.py) re-plans when this changes."""
+        return getattr(self, "backbone_frozen", None) if self.cfg.freeze_backbone else None
+
     def on_train_batch_start(self, batch, batch_idx):
         # Lightning puts the module back in train mode after validation: keep frozen BatchNorm in eval.
         if getattr(self, "backbone_frozen", False):

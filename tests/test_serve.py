@@ -243,7 +243,7 @@ def _errors(client, runs):
                                                                 headers={"Content-Type": "application/x-www-form-urlencoded"})),
         "unknown model": (404, "unknown model", post_image(client, "classify", digit, model="nope")),
         "model of another task": (404, "detect model", post_image(client, "classify", digit, model="det")),
-        "unknown endpoint": (404, "no such endpoint", client.post("/v1/explain", content=digit, headers=raw)),
+        "unknown endpoint": (404, "no such endpoint", client.post("/v1/nothing", content=digit, headers=raw)),
         "wrong method": (405, "not allowed", client.get("/v1/classify")),
         "topk 0": (422, "topk", post_image(client, "classify", digit, topk=0)),
         "topk not a number": (422, "topk", post_image(client, "classify", digit, topk="many")),

@@ -112,13 +112,33 @@ def eigencam(job: Job) -> "np.ndarray":
 @register_method("scorecam", uses_layer=True, help="Score-CAM (Wang et al. 2020): channels weighted by the score of "
                                                    "the input masked by each; no gradients, one forward per channel")
 def scorecam(job: Job) -> "np.ndarray":
-    import contextlib
-    import io
+    _quiet_scorecam()
+    return _run_cam("ScoreCAM", job, batch_size=SCORECAM_BATCH)
 
-    # The library draws a tqdm bar per batch of masked inputs and offers no switch for it; its
-    # ScoreCAM writes nothing else, so its stderr is dropped for this call only.
-    with contextlib.redirect_stderr(io.StringIO()):
-        return _run_cam("ScoreCAM", job, batch_size=SCORECAM_BATCH)
+
+def _quiet_scorecam() -> None:
+    """Silence the tqdm bar grad-cam's ScoreCAM draws per batch of masked inputs (it offers no switch).
+
+    Its module's own ``tqdm`` reference is replaced, once, by a stand-in whose bars are disabled: no
+    other code's tqdm changes, and nothing process-wide such as ``sys.stderr`` is swapped during a call
+    (``contextlib.redirect_stderr`` would, swallowing other threads' output in the service and racing
+    with a concurrent call's restore). Idempotent; assigning a module attribute is atomic.
+    """
+    import functools
+    import types
+
+    import tqdm
+    from pytorch_grad_cam import score_cam
+
+    bar = getattr(score_cam, "tqdm", None)
+    if bar is None or getattr(bar, "recogen_quiet", False):
+        return
+    quiet = functools.partial(tqdm.tqdm, disable=True)
+    if isinstance(bar, types.ModuleType):  # `import tqdm` ... `tqdm.tqdm(range(...))` (grad-cam 1.5)
+        score_cam.tqdm = types.SimpleNamespace(tqdm=quiet, recogen_quiet=True)
+    else:  # `from tqdm import tqdm`, should a later version import it so
+        quiet.recogen_quiet = True  # type: ignore[attr-defined]
+        score_cam.tqdm = quiet
 
 
 # --------------------------------------------------------------------------- attribution methods

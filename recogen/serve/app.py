@@ -4,6 +4,7 @@
   one image (multipart field ``file``, JSON ``{"image": base64}`` or a raw ``image/*`` body) -> the JSON
   of ``recogen TASK predict --json`` for that image;
 - ``POST /v1/<task>`` for every task that draws samples (generate): a PNG grid or base64 PNGs;
+- ``POST /v1/explain``: a saliency map of a served model's prediction on one image (``recogen explain``);
 - ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /`` (the web page), ``/docs``.
 
 Every client mistake is a 4xx ``{"error": message}``; a 500 means a bug (logged with its traceback).
@@ -231,6 +232,31 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
     for spec in all_tasks().values():  # tasks that draw images: POST /v1/<task> with n, seed, class, format
         if spec.samples and spec.params_model() is not None:
             add_sample_route(spec, spec.params_model())
+
+    # ------------------------------------------------------------------ POST /v1/explain
+    from .explain import ENDPOINT, explain_params, explain_response, pick_explainable
+
+    explain_cls = explain_params()
+
+    async def explain_image(request: Request, query: Annotated[explain_cls, Query()]) -> dict:  # type: ignore[valid-type]
+        from ..saliency.methods import get_method
+
+        data, extra = await _image_and_params(request, max_upload, body_timeout)
+        p = _merge_params(explain_cls, query, extra)
+        m = pick_explainable(served, p.model)
+        get_method(p.method)  # an unknown method is a 422 before the image is decoded
+        image = await run_in_threadpool(decode_image, data, max_pixels, max_side)  # outside the model's locks
+        observe = metrics.explain.labels(m.name, p.method).observe
+        with metrics.explain_waiting.track_inprogress():
+            return await run_in_threadpool(explain_response, m, image, p, device, observe)
+
+    app.post(ENDPOINT, tags=["explain"], dependencies=protected, responses=ERROR_RESPONSES,
+             summary="explain a prediction: a saliency map over one image", openapi_extra=_image_body_schema(explain_cls),
+             description="Where in the image the model looks for its answer (`recogen explain`): the explanation's "
+                         "JSON (method, layer, target, top classes...) with `overlay_png`, the heat map over the image "
+                         "as a base64 PNG at the image's own size, and with `return_map=true` the raw `map` in [0, 1] "
+                         "at the model's input size. Parameters go in the query string, the form or the JSON body; "
+                         "`model` picks the served model (default: the first that can be explained).")(explain_image)
 
     @app.get("/v1/models", tags=["info"], dependencies=protected, summary="the served models")
     async def list_models() -> dict:

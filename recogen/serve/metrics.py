@@ -1,4 +1,5 @@
-"""Prometheus metrics of the service: requests by route and status, latency histograms, errors, inference time.
+"""Prometheus metrics of the service: requests by route and status, latency histograms, errors, inference and
+explanation time.
 
 Each app has its own ``CollectorRegistry`` (two apps in one process, as in the tests, do not clash).
 The route label is the route's template (``/v1/classify``), never the raw path, so label values stay few.
@@ -27,6 +28,12 @@ class Metrics:
                               ["route", "kind"], registry=self.registry)
         self.inference = Histogram("recogen_inference_duration_seconds", "model time per request (lock wait excluded)",
                                    ["model", "task"], buckets=BUCKETS, registry=self.registry)
+        self.explain = Histogram("recogen_explain_duration_seconds",
+                                 "explanation time per POST /v1/explain request (lock wait excluded), by model and method",
+                                 ["model", "method"], buckets=BUCKETS, registry=self.registry)
+        self.explain_waiting = Gauge("recogen_explain_in_progress",
+                                     "POST /v1/explain requests being computed or waiting for their model's network",
+                                     registry=self.registry)
         self.in_flight = Gauge("recogen_http_requests_in_flight", "requests being answered", registry=self.registry)
 
     def exposition(self) -> tuple[bytes, str]:

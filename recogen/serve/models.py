@@ -18,13 +18,18 @@ from ..errors import RunError
 @dataclass
 class Served:
     """One loaded run. ``lock`` serialises its predictions: a predictor is not safe to share between
-    threads (the detector sets its thresholds on the model for the length of a call)."""
+    threads (the detector sets its thresholds on the model for the length of a call). ``explainable``
+    is ``(torch predictor, explainable copy of its network)`` once ``POST /v1/explain`` has used the
+    model, and ``explain_lock`` serialises explanations (grad-cam hooks that copy's layers during a
+    call); see :mod:`recogen.serve.explain`."""
 
     name: str
     task: str
     predictor: Any
     backend: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    explain_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    explainable: Any = field(default=None, repr=False)
 
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/models`` lists for this model; the web page builds itself from it.
@@ -34,9 +39,11 @@ class Served:
         ``params_model()`` but ``model``, in order, each ``{"name", "type", "required", "default",
         "description"}`` plus what applies of ``title`` (only when the field sets one), ``minimum``,
         ``maximum``, ``exclusive_minimum``, ``exclusive_maximum``, ``nullable`` and ``enum``. ``type`` is the
-        JSON schema type: integer, number, boolean, string, ... ("any" when the schema has none).
+        JSON schema type: integer, number, boolean, string, ... ("any" when the schema has none). A model
+        ``POST /v1/explain`` can explain adds ``explain``: ``{"endpoint", "methods", "default_method"}``.
         """
         from ..tasks import get_task
+        from .explain import explain_info
 
         card, spec = self.predictor.card, get_task(self.task)
         out: dict[str, Any] = {
@@ -71,6 +78,9 @@ class Served:
                     p["nullable"] = True
                 params.append(p)
             out.update(endpoint=f"/v1/{self.task}", params=params)
+        explain = explain_info(self)
+        if explain is not None:
+            out["explain"] = explain
         return {**out, **spec.model_info(card)}
 
 

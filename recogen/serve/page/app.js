@@ -11,12 +11,19 @@
 // canvas[data-boxes] counts the boxes drawn; each .bar has data-label and data-prob; each parameter
 // control is #param-NAME (name=NAME) inside label[data-param=NAME]; each row of the generic result
 // table has data-key.
+//
+// Explain: a model whose info has "explain" gets the Explain checkbox (#explain) and its methods
+// (#explain-method). Ticked, each prediction is followed by POST /v1/explain with the same image, and
+// its overlay(s) (img.explain-overlay, data-label) are shown beside the result in #explanation, whose
+// data-state is off | busy | done | error; body[data-state] is "done" only once both have answered.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"];
 let models = [];
 let image = null;  // the last chosen File
+let explainRun = 0;  // numbers explain requests: the answer of an older one is dropped
+let said = "";  // the status line of the last prediction, which an explanation adds to
 const kept = new Map();  // "endpoint name" -> the value the user gave, kept across model switches
 
 function setState(state, message = "", error = false) {
@@ -51,6 +58,15 @@ function clearResult() {
   $("table").replaceChildren();
   $("canvas").dataset.boxes = "0";
   $("result").dataset.state = "empty";
+  clearExplanation();
+}
+
+function clearExplanation() {
+  explainRun += 1;
+  $("explain-images").replaceChildren();
+  $("explain-caption").textContent = "";
+  $("explanation").dataset.state = "off";
+  $("explanation").hidden = true;
 }
 
 // ---------------------------------------------------------------------------------- parameters
@@ -141,6 +157,7 @@ function showModel() {
   $("model-info").textContent = [m.task, m.model, classes, m.image_size ? `${m.image_size}px` : null, m.backend]
     .filter((x) => x !== null && x !== undefined && x !== "").join(" · ");
   if (reads) showParams(m);
+  showExplain(m, reads);
   if (draws) {
     const sel = $("gen-class");
     sel.replaceChildren(new Option("every class in turn", ""), ...(m.classes || []).map((c) => new Option(c, c)));
@@ -159,6 +176,65 @@ async function loadModels() {
   $("model").replaceChildren(...models.map((m) => new Option(`${m.name} (${m.task})`, m.name)));
   setState("ready", models.length ? "Choose or drop an image." : "This server has no models.");
   showModel();
+}
+
+// ------------------------------------------------------------------------------------ explain
+// The Explain controls of a model that can be explained; the method chosen is kept across models.
+function showExplain(m, reads) {
+  const ex = reads ? m.explain : null;
+  $("explain-controls").hidden = !ex;
+  if (!ex) return;
+  const sel = $("explain-method"), was = sel.value;
+  sel.replaceChildren(...ex.methods.map((name) => new Option(name, name)));
+  sel.value = ex.methods.includes(was) ? was : ex.default_method || ex.methods[0];
+}
+
+function explaining(m) { return Boolean(m && m.explain && $("explain").checked); }
+
+// POST the image to the model's explain endpoint and show the overlay(s) beside the prediction;
+// returns a few words for the status line (the error's message when it failed).
+async function explain(m, file) {
+  const run = ++explainRun;
+  const fig = $("explanation");
+  fig.hidden = false;
+  fig.dataset.state = "busy";
+  $("explain-images").replaceChildren();
+  $("explain-caption").textContent = `${$("explain-method").value} ...`;
+  const form = new FormData();
+  form.append("file", file);
+  const q = new URLSearchParams({ model: m.name, method: $("explain-method").value });
+  try {
+    const r = await (await api(`${relative(m.explain.endpoint)}?${q}`, { method: "POST", body: form })).json();
+    if (run !== explainRun) return "";
+    const all = [r, ...(Array.isArray(r.others) ? r.others : [])];
+    $("explain-images").replaceChildren(...all.map((e) => {
+      const img = document.createElement("img");
+      img.className = "explain-overlay";
+      img.src = `data:image/png;base64,${e.overlay_png}`;
+      img.alt = `${e.method} of ${e.target ? e.target.label : ""}`;
+      img.dataset.label = e.target ? String(e.target.label) : "";
+      return img;
+    }));
+    const t = r.target || {};
+    const what = `${r.method} of ${t.label}${t.prob !== undefined ? ` (${(100 * t.prob).toFixed(1)}%)` : ""}`;
+    $("explain-caption").textContent = `${what} at ${r.layer}${all.length > 1 ? ` · ${all.length} maps` : ""}`;
+    fig.dataset.state = "done";
+    return ` · ${what}`;
+  } catch (e) {
+    if (run !== explainRun) return "";
+    $("explain-caption").textContent = `explain: ${e.message}`;
+    fig.dataset.state = "error";
+    return ` · explain failed: ${e.message}`;
+  }
+}
+
+// The checkbox or the method changed with an image on the page: explain it again (or hide the map).
+async function reexplain() {
+  const m = current();
+  if (!explaining(m)) { clearExplanation(); return; }
+  if (!image || !m.endpoint || document.body.dataset.state !== "done") return;  // after a prediction only
+  setState("busy", `${said} · explaining ...`);
+  setState("done", said + await explain(m, image));
 }
 
 // ------------------------------------------------------------------------------------ results
@@ -270,8 +346,13 @@ async function predict(file) {
   form.append("file", file);
   try {
     const r = await (await api(`${relative(m.endpoint)}?${query(m)}`, { method: "POST", body: form })).json();
-    const summary = await render(r, file);
-    setState("done", `${file.name}: ${summary}`);
+    said = `${file.name}: ${await render(r, file)}`;
+    if (explaining(m)) {
+      setState("busy", `${said} · explaining ...`);
+      setState("done", said + await explain(m, file));
+    } else {
+      setState("done", said);
+    }
   } catch (e) {
     setState("error", e.message, true);
   }
@@ -311,6 +392,8 @@ function setup() {
     if (e.dataTransfer.files.length) predict(e.dataTransfer.files[0]);
   });
   $("generate-form").addEventListener("submit", generate);
+  $("explain").addEventListener("change", reexplain);
+  $("explain-method").addEventListener("change", reexplain);
   loadModels();
 }
 

@@ -373,6 +373,30 @@ def test_onnx_backend_serves_the_same_top1_as_torch(client, runs):
         assert a["label"] == b["label"] and a["prob"] == pytest.approx(b["prob"], abs=1e-4)
 
 
+def test_explain_answers_for_every_model_whose_task_explain_supports(client):
+    """POST /v1/explain is generic: each served model that /v1/models lists with "explain" (its task has a
+    registered explainer) is explained with no endpoint of its own, its Explanation.to_json() fields
+    passing through; the others get a 422 naming the task. (tests/test_serve_explain.py: the details.)"""
+    from PIL import Image
+
+    models = client.get("/v1/models").json()["models"]
+    assert any(m.get("explain") for m in models) and not all(m.get("explain") for m in models)  # gen: never
+    for m in models:
+        data = digit_pngs()[0] if m["task"] == "classify" else scene_png()
+        r = client.post("/v1/explain", params={"model": m["name"], "return_map": "true"},
+                        files={"file": ("image.png", data, "image/png")})
+        if not m.get("explain"):
+            assert r.status_code == 422 and f"{m['task']} model" in r.json()["error"], r.text
+            continue
+        assert r.status_code == 200, (m["name"], r.text)
+        size = Image.open(io.BytesIO(data)).size
+        for e in [r.json(), *r.json().get("others", [])]:
+            assert {"method", "layer", "target", "top", "overlay_png", "map"} <= set(e), e.keys()
+            assert Image.open(io.BytesIO(base64.b64decode(e["overlay_png"]))).size == size
+            heat = np.asarray(e["map"])
+            assert heat.shape == (m["image_size"],) * 2 and heat.min() >= 0 and heat.max() <= 1
+
+
 def test_model_parameter_picks_among_several_runs_of_a_task(app, runs):
     from recogen.serve.models import Served
 

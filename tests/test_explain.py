@@ -90,11 +90,11 @@ def test_cli_prints_one_line_per_image_and_writes_files(tiny_run, images, tmp_pa
 
 
 def _other_task_run(tiny_run: Path, tmp_path: Path) -> Path:
-    """A copy of the tiny run whose card says detect: explain must refuse it from the card alone."""
-    run = tmp_path / "det"
+    """A copy of the tiny run whose card says generate: explain must refuse it from the card alone."""
+    run = tmp_path / "gen"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
     card = json.loads((run / "model.json").read_text())
-    (run / "model.json").write_text(json.dumps({**card, "task": "detect"}))
+    (run / "model.json").write_text(json.dumps({**card, "task": "generate"}))
     return run
 
 
@@ -114,7 +114,7 @@ def test_user_mistakes_are_one_line_exit_2(tiny_run, images, tmp_path, capsys, a
 
 def test_other_tasks_and_bad_images_are_one_line(tiny_run, images, tmp_path, capsys):
     rc, _, err = main_in_process(capsys, "explain", _other_task_run(tiny_run, tmp_path), images / "a.png")
-    assert_one_line(rc, err, "holds a detect model", "explain supports classification runs so far")
+    assert_one_line(rc, err, "holds a generate model", "explain supports classification, segmentation and detection runs")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     rc, _, err = main_in_process(capsys, "explain", tiny_run, bad, "--out", tmp_path / "x")

@@ -24,6 +24,7 @@ Every command runs as written plus these speed options (appended: the last of a 
   --model-kwargs '{"width": 4, "depth": 2}' --no-progress`` (a small unet, the default model)
 - ``generate train``: ``--epochs 1 --limit 64 --image-size 16 --width 8 --no-progress``, and for
   ``--model ddpm`` also ``--steps 4`` (its saved sampling steps: later commands sample with 4 DDIM steps)
+- ``detect``/``segment train`` of a library model (``--model tv:NAME``): the same without ``--model-kwargs``
 - ``serve``: ``--port`` set to a free port (the README's 8000 may be taken); ``"$KEY"`` expanded from
   the environment, as the shell would. It runs as a subprocess; once ``GET /healthz`` answers 200 and
   ``GET /v1/models`` lists the served runs (401 without the key when ``--api-key`` is given) it is sent
@@ -111,7 +112,11 @@ def command_argv(line: str) -> list[str]:
     """The arguments a README line runs with: as written, plus the speed options of its ``train``."""
     argv = to_argv(line)
     if len(argv) > 1 and argv[1] == "train":
-        argv += SPEED[argv[0]]
+        speed = SPEED[argv[0]]
+        if ":" in (getattr(parse(argv), "model", None) or ""):  # tv:NAME / timm:NAME: no fcos-s/unet options
+            i = speed.index("--model-kwargs") if "--model-kwargs" in speed else len(speed)
+            speed = speed[:i] + speed[i + 2:]
+        argv += speed
         ns = parse(argv)
         if argv[0] == "generate" and getattr(ns, "model", None) == "ddpm":
             argv += SPEED_DDPM
@@ -522,19 +527,28 @@ def check_explain(ns, o: Outcome, ws: Path) -> None:
 
     files = _inputs(ns.images, ws)
     out = ws / (ns.out or Path(ns.run) / "explain")
+    run = ws / ns.run
+    task = json.loads(((run / "model.json") if run.is_dir() else run).read_text())["task"]
+    # Detection: one overlay and map per box, NAME.METHOD.boxK.* (K = 0, 1, ... per image).
+    stems = {f: [f"{f.stem}.{ns.method}"] if task != "detect" else
+             sorted(p.name[:-4] for p in out.glob(f"{f.stem}.{ns.method}.box*.npy")) for f in files}
+    n = sum(len(v) for v in stems.values())
+    if task == "detect":
+        assert all(1 <= len(v) <= 3 for v in stems.values()), (stems, _why(o))
     if ns.json:
-        assert len(json.loads(o.out)) == len(files), o.out[:2000]
+        assert len(json.loads(o.out)) == n, o.out[:2000]
     else:
-        assert f"wrote {len(files)} overlay(s)" in o.out, _why(o)
-        for f in files:  # "PATH: METHOD of LABEL (PROB) at LAYER  [top: ...]"
+        assert f"wrote {n} overlay(s)" in o.out, _why(o)
+        for f in files:  # "PATH: METHOD of LABEL (PROB) at LAYER  [top: ...]" ([boxK: ...], [..% of pixels; ...])
             assert re.search(rf"{re.escape(f.name)}: {re.escape(ns.method)} of \S+ \(\d\.\d+\) at ", o.out), _why(o)
     for f in files:
         with Image.open(f) as im:
             size = im.size
-        assert _png(out / f"{f.stem}.{ns.method}.png", o) == size  # the overlay, at the image's own size
-        _fresh(out / f"{f.stem}.{ns.method}.npy", o)
-        heat = np.load(out / f"{f.stem}.{ns.method}.npy")
-        assert heat.ndim == 2 and heat.dtype == np.float32 and 0 <= heat.min() <= heat.max() <= 1, heat
+        for stem in stems[f]:
+            assert _png(out / f"{stem}.png", o) == size  # the overlay, at the image's own size
+            _fresh(out / f"{stem}.npy", o)
+            heat = np.load(out / f"{stem}.npy")
+            assert heat.ndim == 2 and heat.dtype == np.float32 and 0 <= heat.min() <= heat.max() <= 1, heat
 
 
 def check_weights_import(ns, o: Outcome, ws: Path) -> None:

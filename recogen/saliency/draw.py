@@ -48,3 +48,18 @@ def overlay(image: np.ndarray, m: np.ndarray, alpha: float = ALPHA, cmap: str = 
     rgb = as_rgb(image)
     heat = colorize(resize_map(m, rgb.shape[:2]), cmap)
     return ((1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)).round().astype(np.uint8)
+
+
+def draw_box(image: np.ndarray, box: list[float], index: int = 0) -> np.ndarray:
+    """``image`` (uint8 (H, W, 3)) with the box ``[x1, y1, x2, y2]`` (its own pixels) outlined in the
+    colour of class ``index`` (as the detection plots), 1 px wide per 100 px of the shorter side."""
+    import torch
+    from torchvision.utils import draw_bounding_boxes
+
+    from ..plots import _colour
+
+    h, w = image.shape[:2]
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    drawn = draw_bounding_boxes(t, torch.tensor([box], dtype=torch.float32), colors=[_colour(index)],
+                                width=max(1, min(h, w) // 100))
+    return drawn.permute(1, 2, 0).numpy()

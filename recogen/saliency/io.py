@@ -1,5 +1,7 @@
 """Writing explanations: ``NAME.METHOD.png`` (the overlay, at the image's own size) and ``NAME.METHOD.npy``
-(the float32 map in [0, 1] at the model's input size) per image, NAME the image file's stem."""
+(the float32 map in [0, 1] at the model's input size) per image, NAME the image file's stem; a
+detection run's explanations are per box: ``NAME.METHOD.boxK.png`` / ``.npy``, K the box's rank in
+its image (0: the best)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,8 +40,14 @@ def write_explanations(explanations: list["Explanation"], out: str | Path) -> Pa
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder to write the explanations into")
     out.mkdir(parents=True, exist_ok=True)
-    for e, name in zip(explanations, file_names(e.source for e in explanations)):
-        png, npy = out / f"{name}.{e.method}.png", out / f"{name}.{e.method}.npy"
+    # One name per image: an image's boxes come in rank order, box 0 first.
+    firsts = [e for e in explanations if not e.box_rank]
+    names = iter(file_names(e.source for e in firsts))
+    name = ""
+    for e in explanations:
+        name = next(names) if not e.box_rank else name
+        stem = f"{name}.{e.method}" + (f".box{e.box_rank}" if e.box_rank is not None else "")
+        png, npy = out / f"{stem}.png", out / f"{stem}.npy"
         write_png(e.overlay, png)
         np.save(npy, e.map.astype(np.float32))
         e.files = {"overlay": str(png), "map": str(npy)}

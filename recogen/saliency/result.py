@@ -17,6 +17,13 @@ class Explanation:
     integrated-gradients); ``target``/``label``/``prob``: the explained class and its probability;
     ``top``: the top classes ``[{"label", "index", "prob"}, ...]``; ``source``: the path it was read
     from; ``files``: ``{"overlay": ..., "map": ...}`` once written.
+
+    Detection (one Explanation per box): ``box`` the explained box ``[x1, y1, x2, y2]`` in the image's
+    own pixels (drawn on the overlay), ``box_rank`` its rank among the image's explained boxes (0: the
+    best), ``prob`` its score, ``top`` the image's best detections (each with its ``box``).
+    Segmentation: ``share`` the fraction of the image's pixels predicted as the explained class,
+    ``prob`` its mean probability there, ``top`` the classes with the largest shares (each with its
+    ``share``). Both are None for classification.
     """
 
     image: np.ndarray
@@ -30,10 +37,15 @@ class Explanation:
     top: list[dict[str, Any]]
     source: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    box: list[float] | None = None
+    box_rank: int | None = None
+    share: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-able summary ``recogen explain --json`` prints (no arrays)."""
         head = {"path": self.source} if self.source is not None else {}
-        return {**head, "method": self.method, "layer": self.layer,
-                "target": {"label": self.label, "index": self.target, "prob": self.prob},
+        target = {"label": self.label, "index": self.target, "prob": self.prob}
+        target.update({k: v for k, v in (("box", self.box), ("share", self.share)) if v is not None})
+        rank = {"box_rank": self.box_rank} if self.box_rank is not None else {}
+        return {**head, "method": self.method, "layer": self.layer, "target": target, **rank,
                 "top": self.top, **self.files}

@@ -268,6 +268,24 @@ def test_every_dense_family_gets_a_default_layer_and_a_map(task, name, layer):
         assert e.map.shape == (64, 64) and np.isfinite(e.map).all() and e.map.min() >= 0 and e.map.max() <= 1
 
 
+def test_detector_levels_are_cropped_to_the_unpadded_image():
+    """At 48 px the detector pads its input to 64 (a multiple of 32): its 8x8 P3 map covers 64 px, of
+    which the image is the top-left 6x6 cells; the CAM is read from those only."""
+    import recogen
+    from recogen.saliency.layers import unpadded
+    from recogen.tasks.detect.predict import Detector
+
+    torch.manual_seed(0)
+    model = recogen.create_model("fcos-s", num_classes=3, in_chans=3, image_size=48).eval()
+    assert unpadded(model)(torch.zeros(1, 4, 8, 8)).shape[-2:] == (6, 6)
+    assert unpadded(recogen.create_model("fcos-s", num_classes=3, in_chans=3, image_size=64)) is None
+    card = {"task": "detect", "model": "fcos-s", "classes": list("abc"), "image_size": 48, "in_chans": 3,
+            "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}, "predict": {"conf": 1.0}}
+    img = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    [e] = recogen.explain(Detector(model, card), img, method="gradcam")
+    assert e.map.shape == (48, 48) and np.isfinite(e.map).all() and e.map.max() == 1
+
+
 # ------------------------------------------------------------------- sanity checks, as the field does
 def _inside_ratio(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:
     """Mean share of the map's mass inside the mask over the mask's mean area (1: chance); an empty map

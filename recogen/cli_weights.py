@@ -16,7 +16,8 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     ls.set_defaults(func=cmd_list)
     im = actions.add_parser("import", help="check a copied .pth/.safetensors file and place it where --pretrained looks")
     im.add_argument("path", help="the weights file (torchvision .pth or timm .safetensors/.bin)")
-    im.add_argument("--model", required=True, metavar="tv:NAME|timm:NAME", help="the architecture it belongs to")
+    im.add_argument("--model", required=True, metavar="tv:NAME|timm:NAME",
+                    help="the architecture it belongs to (a classifier, or a torchvision detector or segmenter)")
     im.set_defaults(func=cmd_import)
 
 
@@ -28,14 +29,19 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
 
 
 def print_source_models(ns: argparse.Namespace) -> int:
-    """Print ``ns.source``'s architectures (``recogen models --source tv``) as ``tv:NAME`` lines or JSON."""
-    from .models.sources import list_source_models
+    """Print ``ns.source``'s architectures (``recogen models --source tv [--task detect]``) as ``tv:NAME``
+    lines or JSON (name and task)."""
+    from .models.sources import get_source, list_source_models
 
-    names = [f"{ns.source}:{n}" for n in list_source_models(ns.source, ns.filter, getattr(ns, "pretrained", False))]
+    task = getattr(ns, "task", None)
+    names = [f"{ns.source}:{n}" for n in list_source_models(ns.source, ns.filter, getattr(ns, "pretrained", False), task)]
     if getattr(ns, "json", False):
-        print(json.dumps([{"name": n, "task": "classify"} for n in names], indent=2))
+        task_of = get_source(ns.source).task_of
+        print(json.dumps([{"name": n, "task": task_of(n.partition(":")[2])} for n in names], indent=2))
+    elif names:
+        print("\n".join(names))
     else:
-        print("\n".join(names) if names else f"no {ns.source} model matches {ns.filter!r}")
+        print(f"no {ns.source} {task + ' ' if task else ''}model matches {ns.filter!r}")
     return 0
 
 

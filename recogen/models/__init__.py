@@ -34,11 +34,13 @@ def create_model(
     weights: str | Path | None = None,
     **kwargs: Any,
 ):
-    """Build a registered model, or any library classifier as ``tv:NAME`` / ``timm:NAME`` (models/sources.py);
+    """Build a registered model, or a library model as ``tv:NAME`` / ``timm:NAME`` (models/sources.py: every
+    classifier, and torchvision's detectors and segmenters);
     ``weights`` loads a local state dict (safetensors, .pt, Lightning .ckpt).
 
     >>> m = create_model("seed-cnn", num_classes=10, in_chans=1, image_size=28)
     >>> m = create_model("tv:mobilenet_v3_small", num_classes=10, in_chans=1, image_size=32)
+    >>> m = create_model("tv:ssdlite320_mobilenet_v3_large", num_classes=3, in_chans=3, image_size=64)
     """
     from .sources import build_source_model, split_name
 
@@ -64,13 +66,35 @@ def list_models(task: str | None = None) -> list[tuple[str, str]]:
 
 def model_meta(name: str) -> dict[str, Any]:
     """The metadata a model was registered with (task, family, description, min_size...); a library
-    model (``tv:NAME``/``timm:NAME``) is a classifier."""
-    from .sources import split_name
+    model (``tv:NAME``/``timm:NAME``) has its task (classify; torchvision's detection and segmentation
+    builders: detect, segment) and a description."""
+    from .sources import source_task, split_name
 
     if split_name(name) is not None:
-        return {"task": "classify", "description": f"{name.partition(':')[0]} library model"}
+        return {"task": source_task(name), "description": f"{name.partition(':')[0]} library model"}
     _load_builders()
     return dict(MODELS.get(name).meta)
 
 
-__all__ = ["MODELS", "register_model", "create_model", "list_models", "model_meta"]
+_NOUNS = {"classify": "classifier", "detect": "detector", "segment": "segmenter", "generate": "generator"}
+
+
+def check_model_task(name: str, task: str) -> None:
+    """A ModelError in one line when ``name`` (registered or ``tv:``/``timm:``) is not a model of ``task``,
+    naming the command that trains it and the models of ``task``."""
+    from .sources import TASK_WORDS
+
+    own = model_meta(name).get("task")  # an unknown name is its own ModelError here
+    if own == task:
+        return
+    noun = _NOUNS.get(task, f"{task} model")
+    what = f"a {TASK_WORDS.get(own, own)} model" if own else "not a model of any task"
+    choices = ", ".join(n for n, _ in list_models(task))
+    if task in ("classify", "detect", "segment"):
+        lib = "tv:NAME or timm:NAME" if task == "classify" else "tv:NAME"
+        choices += f", or {lib} from `recogen models --source tv --task {task}`"
+    run = f"train it with `recogen {own} train --model {name}`, or " if own else ""
+    raise ModelError(f"--model {name} is {what}, not a {noun}: {run}choose a {noun}: {choices}")
+
+
+__all__ = ["MODELS", "register_model", "create_model", "list_models", "model_meta", "check_model_task"]

@@ -1,8 +1,11 @@
-"""Library model sources: ``tv:NAME`` (every torchvision classifier) and ``timm:NAME`` (every timm model).
+"""Library model sources: ``tv:NAME`` (every torchvision classifier, and torchvision's detection and
+segmentation builders for ``detect``/``segment``) and ``timm:NAME`` (every timm model, classifiers).
 
-A source is one :class:`Source` in :data:`SOURCES` (a table, not an if-chain): how to list its names, build
-one for our classes and channels, find its classifier head and first conv, read its published weights'
-preprocessing (mean, std, input size) and name the cache file its library looks for.
+A source is one :class:`Source` in :data:`SOURCES` (a table, not an if-chain): how to list its names, which
+task each one is for, build one for our classes and channels, find its classifier head and first conv,
+read its published weights' preprocessing (mean, std, input size) and name the cache file its library
+looks for. torchvision's detectors and segmenters are built by the same code as recogen's registered
+ones (models/detectors/torchvision_detectors.py, models/segmenters/torchvision_seg.py).
 
 >>> m = create_model("tv:resnet18", num_classes=10, in_chans=1, image_size=32)   # recogen.models
 >>> list_source_models("timm", "*convnext*")[:2]
@@ -11,6 +14,7 @@ preprocessing (mean, std, input size) and name the cache file its library looks 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,8 @@ class Source:
 
     prefix: str
     description: str
-    names: Callable[[str | None, bool], list[str]]  # (filter, only_with_weights) -> sorted names
+    names: Callable[[str | None, bool, str | None], list[str]]  # (filter, only_with_weights, task) -> sorted names
+    task_of: Callable[[str], str | None]  # arch -> the task it trains for (classify, detect, segment); None: unknown
     build: Callable[..., Any]  # (arch, *, num_classes, in_chans, image_size, pretrained) -> nn.Module
     preprocessing: Callable[[str], dict[str, Any]]  # arch -> {"mean", "std", "input_size"} of its weights
     cache_file: Callable[[str], Path]  # arch -> where the library looks for its published weights
@@ -53,10 +58,24 @@ def get_source(prefix: str) -> Source:
     return SOURCES[prefix]
 
 
-def list_source_models(prefix: str, pattern: str | None = None, pretrained: bool = False) -> list[str]:
+def list_source_models(prefix: str, pattern: str | None = None, pretrained: bool = False,
+                       task: str | None = None) -> list[str]:
     """Architectures of a library, filtered by a shell pattern (``*convnext*``); ``pretrained``: only
-    those with published weights."""
-    return get_source(prefix).names(pattern, pretrained)
+    those with published weights; ``task``: only those of one task (classify, detect, segment)."""
+    return get_source(prefix).names(pattern, pretrained, task)
+
+
+TASK_WORDS = {"classify": "classification", "detect": "detection", "segment": "segmentation"}
+
+
+def source_task(name: str) -> str:
+    """The task a ``tv:NAME``/``timm:NAME`` model trains for; an unknown (or refused) one is a ModelError."""
+    source, arch = split_name(name)  # type: ignore[misc]
+    task = source.task_of(arch.split(".")[0])
+    if task is None:
+        raise ModelError(f"{source.prefix} has no model {arch!r}; list them with "
+                         f"`recogen models --source {source.prefix} --filter '*{arch[:6]}*'`")
+    return task
 
 
 def build_source_model(name: str, *, num_classes: int, in_chans: int, image_size: int, pretrained: bool,
@@ -64,17 +83,34 @@ def build_source_model(name: str, *, num_classes: int, in_chans: int, image_size
     """Build ``tv:NAME``/``timm:NAME`` for our classes and channels; ``weights``: a local state dict of
     the same architecture, loaded strictly except the classifier head."""
     source, arch = split_name(name)  # type: ignore[misc]
-    if arch.split(".")[0] not in source.names(None, False):
-        raise ModelError(f"{source.prefix} has no classification model {arch!r}; list them with "
-                         f"`recogen models --source {source.prefix} --filter '*{arch[:6]}*'`")
-    model = source.build(arch, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
-                         pretrained=pretrained and weights is None, **kw)
+    task = source_task(name)
+    build = {"detect": _tv_detector, "segment": _tv_segmenter}.get(task, source.build)
+    model = build(arch, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                  pretrained=pretrained and weights is None, **kw)
     setattr(model, SOURCE_ATTR, name)
     if weights is not None:
         from .weights import load_backbone_strict, read_state_dict
 
-        load_backbone_strict(model, read_state_dict(weights), str(weights))
+        sd = read_state_dict(weights)
+        if task == "segment":  # torchvision's layout is the wrapped network's
+            from .segmenters.torchvision_seg import load_published_layout
+
+            load_published_layout(model, sd, str(weights))
+        else:
+            load_backbone_strict(model, sd, str(weights))
     return model
+
+
+def _tv_detector(arch: str, **kw: Any):
+    from .detectors.torchvision_detectors import build_tv_detector
+
+    return build_tv_detector(arch, **kw)
+
+
+def _tv_segmenter(arch: str, **kw: Any):
+    from .segmenters.torchvision_seg import build_tv_segmenter
+
+    return build_tv_segmenter(arch, **kw)
 
 
 def preprocessing(name: str) -> dict[str, Any] | None:
@@ -96,13 +132,38 @@ def _match(names: list[str], pattern: str | None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- torchvision
-def _tv_names(pattern: str | None, pretrained: bool) -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _tv_by_task() -> dict[str, list[str]]:
+    """torchvision's builders recogen trains, by task (detection: those that train on boxes and labels)."""
     import torchvision.models as tvm
 
-    names = tvm.list_models(module=tvm)  # classification only: detection/segmentation live in submodules
+    from .detectors.torchvision_detectors import trainable_detectors
+    from .segmenters.torchvision_seg import trainable_segmenters
+
+    # Classification builders are the top-level ones; detection/segmentation live in submodules.
+    return {"classify": tvm.list_models(module=tvm), "detect": trainable_detectors(), "segment": trainable_segmenters()}
+
+
+def _tv_names(pattern: str | None, pretrained: bool, task: str | None = None) -> list[str]:
+    import torchvision.models as tvm
+
+    names = [n for t, ns in _tv_by_task().items() if task in (None, t) for n in ns]
     if pretrained:
         names = [n for n in names if list(tvm.get_model_weights(n))]
     return _match(names, pattern)
+
+
+def _tv_task(arch: str) -> str | None:
+    """classify, detect or segment; Mask/Keypoint R-CNN are refused in one line saying why and what to use."""
+    from .detectors.torchvision_detectors import refusal
+
+    why = refusal(arch)
+    if why:
+        import torchvision.models as tvm
+
+        if arch in tvm.list_models(module=tvm.detection):
+            raise ModelError(f"tv:{arch} {why}")
+    return next((t for t, ns in _tv_by_task().items() if arch in ns), None)
 
 
 def _tv_weights(arch: str):
@@ -120,9 +181,16 @@ def _tv_cache_file(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(_tv_weights(arch).url).name
 
 
-def _tv_preprocessing(arch: str) -> dict[str, Any]:
+def _tv_preprocessing(arch: str) -> dict[str, Any] | None:
+    """The published weights' normalisation (and classifiers' input size); None for a detector: torchvision's
+    detectors normalise inside the model (their ``transform``), which the detect task's card records."""
+    if _tv_task(arch) == "detect":
+        return None
     t = _tv_weights(arch).transforms()
-    return {"mean": [float(v) for v in t.mean], "std": [float(v) for v in t.std], "input_size": int(t.crop_size[0])}
+    pre: dict[str, Any] = {"mean": [float(v) for v in t.mean], "std": [float(v) for v in t.std]}
+    if hasattr(t, "crop_size"):  # classification (segmentation weights have a resize size, not an input size)
+        pre["input_size"] = int(t.crop_size[0])
+    return pre
 
 
 def _tv_head(net) -> str:
@@ -198,9 +266,11 @@ def fetch_tv_state_dict(arch: str):
 
 
 # -------------------------------------------------------------------------------------------- timm
-def _timm_names(pattern: str | None, pretrained: bool) -> list[str]:
+def _timm_names(pattern: str | None, pretrained: bool, task: str | None = None) -> list[str]:
     import timm
 
+    if task not in (None, "classify"):
+        return []
     # Published weights come as tagged names ("convnext_atto.d2_in1k"); --pretrained takes the default tag.
     return _match(list({n.split(".")[0] for n in timm.list_models(pretrained=pretrained)}), pattern)
 
@@ -293,8 +363,16 @@ def probe(url: str) -> None:
         pass
 
 
-SOURCES["tv"] = Source("tv", "every torchvision classification model", _tv_names, _tv_build, _tv_preprocessing, _tv_cache_file)
-SOURCES["timm"] = Source("timm", "every timm model", _timm_names, _timm_build, _timm_preprocessing, _timm_cache_file)
+def _timm_task(arch: str) -> str | None:
+    import timm
+
+    return "classify" if timm.is_model(arch) else None
+
+
+SOURCES["tv"] = Source("tv", "every torchvision classification, detection and segmentation model", _tv_names, _tv_task,
+                       _tv_build, _tv_preprocessing, _tv_cache_file)
+SOURCES["timm"] = Source("timm", "every timm model", _timm_names, _timm_task, _timm_build, _timm_preprocessing,
+                         _timm_cache_file)
 
 
 # ------------------------------------------------------------------- placing hand-copied weight files
@@ -311,10 +389,13 @@ def import_weights(path: str | Path, name: str) -> Path:
     if found is None:
         raise ModelError(f"--model {name!r}: weights are imported for tv:NAME or timm:NAME models (see `recogen models --source tv`)")
     source, arch = found
+    source_task(name)  # an unknown (or refused) architecture is one line here
     sd = read_state_dict(path)
     ref = _published_layout(source.prefix, arch)
-    missing = sorted(set(ref) - set(sd))
-    unexpected = sorted(set(sd) - set(ref))
+    # BatchNorm counters are optional: torchvision saved its detectors from FrozenBatchNorm2d, which has none.
+    counter = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
+    missing = sorted(k for k in set(ref) - set(sd) if not counter(k))
+    unexpected = sorted(k for k in set(sd) - set(ref) if not counter(k))
     wrong = sorted(k for k in set(ref) & set(sd) if tuple(ref[k].shape) != tuple(sd[k].shape))
     if missing or unexpected or wrong:
         raise ModelError(f"{path} is not {name}'s published weights: {len(missing)} missing keys "
@@ -340,6 +421,15 @@ def _published_layout(prefix: str, arch: str) -> dict[str, Any]:
         import torchvision.models as tvm
 
         _tv_weights(arch)  # an architecture without published weights is an error here
+        task = _tv_task(arch)
+        if task == "detect":
+            from .detectors.torchvision_detectors import published_layout
+
+            return published_layout(arch)
+        if task == "segment":
+            from .segmenters.torchvision_seg import published_layout as seg_layout
+
+            return seg_layout(arch)
         kw = {"aux_logits": True, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
         return tvm.get_model(arch, weights=None, **kw).state_dict()
     import timm
@@ -356,7 +446,7 @@ def list_cached() -> list[dict[str, Any]]:
     tv_dir = Path(torch.hub.get_dir()) / "checkpoints"
     if tv_dir.is_dir():
         by_file = {}
-        for arch in _tv_names(None, True):
+        for arch in _tv_names(None, True, None):
             by_file[Path(_tv_weights(arch).url).name] = f"tv:{arch}"
         for f in sorted(tv_dir.iterdir()):
             if f.is_file():

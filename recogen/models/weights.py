@@ -59,7 +59,8 @@ def fetch_pretrained(what: str, fetch: Callable[[], object], cache_hint: str) ->
 
 
 def load_backbone_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    """Load a library state dict into ``model`` (a ``tv:``/``timm:`` model) strictly, except its head.
+    """Load a library state dict into ``model`` (a ``tv:``/``timm:`` model) strictly, except its head
+    (a classifier's output layer, a detector's class head, a segmenter's final 1x1 convolutions).
 
     Every backbone key must be present with the same shape, and nothing else may be there: a file of
     another architecture is refused in one line naming the missing and unexpected keys. The classifier
@@ -73,7 +74,8 @@ def load_backbone_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: st
     stem = getattr(model, STEM_ATTR, None)
     own = model.state_dict()
     is_head = lambda k: k.startswith(heads)  # noqa: E731
-    missing = sorted(k for k in own if not is_head(k) and k not in sd)
+    # BatchNorm counters may be absent: torchvision saved its detectors from FrozenBatchNorm2d, which has none.
+    missing = sorted(k for k in own if not is_head(k) and k not in sd and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in sd if not is_head(k) and k not in own)
     if missing or unexpected:
         raise ModelError(

@@ -29,6 +29,10 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
     from ..utils import seed_everything
 
     cfg, run, ckpt = runs.prepare_run(task.config, task.name, runs.make_config(task.config, config, options))
+    if cfg.model != "auto":  # a model of another task (tv:resnet18 to detect) is one line, before any data loads
+        from ..models import check_model_task
+
+        check_model_task(cfg.model, task.name)
     cfg = task.prepare_config(cfg)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()

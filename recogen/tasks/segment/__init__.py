@@ -64,14 +64,29 @@ class SegmentTask(Task):
         from .module import SegmenterModule
 
         classes = self.classes(splits)
-        mean, std = splits.mean_std()
+        mean, std = self.normalization(cfg, splits)
         offset = 1 if classes and classes[0] == "background" else 0
         return SegmenterModule(model, cfg, len(classes), mean, std, label_offset=offset, hflip_ok=splits.hflip_ok)
+
+    def normalization(self, cfg, splits) -> tuple[list[float], list[float]]:
+        """Mean and std the inputs are normalised with: the published weights' own for a ``--pretrained``
+        ``tv:NAME`` (averaged over RGB for grayscale input, as its first conv is folded), else the
+        training images'."""
+        from ...models.sources import preprocessing
+
+        pre = preprocessing(cfg.model) if cfg.pretrained else None
+        if pre is None:
+            return splits.mean_std()
+        mean, std = pre["mean"], pre["std"]
+        if cfg.channels == 1:
+            mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+        return list(mean), list(std)
 
     def card(self, cfg, model, splits):
         from ...data.dense import IGNORE_INDEX
 
-        return {**super().card(cfg, model, splits), "ignore_index": IGNORE_INDEX}
+        mean, std = self.normalization(cfg, splits)  # predict and serve normalise as training did
+        return {**super().card(cfg, model, splits), "normalize": {"mean": mean, "std": std}, "ignore_index": IGNORE_INDEX}
 
     def evaluate_model(self, model, card, ds, run, split, data, has_test=None):
         from .evaluation import evaluate_model

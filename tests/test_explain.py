@@ -112,6 +112,34 @@ def test_user_mistakes_are_one_line_exit_2(tiny_run, images, tmp_path, capsys, a
     assert not list(tmp_path.iterdir()), "nothing is written after a mistake"
 
 
+def test_eigencam_thin_svd_gives_the_librarys_projection():
+    """Eigen-CAM runs on grad-cam's projection computed from the thin SVD (the full one built a
+    (H*W)^2 matrix: 1 GiB at 128x128): the same numbers as the library's own function."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    from recogen.saliency.methods import first_component
+
+    acts = np.random.default_rng(0).normal(size=(2, 8, 12, 10)).astype(np.float32)
+    ours, theirs = first_component(acts), get_2d_projection(acts)
+    for a, b in zip(ours, theirs):  # a singular vector's sign is LAPACK's choice: equal up to it
+        np.testing.assert_allclose(a * np.sign((a * b).sum()), b, rtol=1e-4, atol=1e-4)
+
+
+def test_an_onnx_predictor_is_explained_from_its_runs_torch_weights(tiny_run, images, tmp_path):
+    """recogen.load(RUN, backend="onnx") runs onnxruntime, which has no layers to hook: explain loads the
+    run's PyTorch weights instead (it raised a pickling TypeError), and gives the torch predictor's maps."""
+    import recogen
+    from recogen.export import export_model
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # the export writes into the run folder
+    export_model(run, "onnx")
+    onnx_pred = recogen.load(run, backend="onnx")
+    assert getattr(onnx_pred.model, "session", None) is not None
+    got = recogen.explain(onnx_pred, images / "a.png", method="gradcam")[0]
+    want = recogen.explain(recogen.load(run), images / "a.png", method="gradcam")[0]
+    assert got.label == want.label and np.array_equal(got.map, want.map)
+
+
 def test_other_tasks_and_bad_images_are_one_line(tiny_run, images, tmp_path, capsys):
     rc, _, err = main_in_process(capsys, "explain", _other_task_run(tiny_run, tmp_path), images / "a.png")
     assert_one_line(rc, err, "holds a generate model", "explain supports classification, segmentation and detection runs")

@@ -56,7 +56,6 @@ def explain(run: Any, images: Any, method: str = "gradcam", target: Any = None, 
     import torch
 
     meth = get_method(method)
-    _thin_svd_in_eigencam()
     if layer is not None and not meth.uses_layer:
         raise ConfigError(f"{method} attributes the input pixels: --layer does not apply (it is for CAM methods)")
     predictor, explainer = _load(run, device)
@@ -93,35 +92,23 @@ def explain(run: Any, images: Any, method: str = "gradcam", target: Any = None, 
 def _load(run: Any, device: str) -> tuple[Any, TaskExplainer]:
     """``(predictor, its task's explainer)`` of a run folder, a model.json or a loaded predictor."""
     if hasattr(run, "card") and hasattr(run, "model"):
-        return run, get_explainer(run.card.get("task"), "this predictor")
+        explainer = get_explainer(run.card.get("task"), "this predictor")
+        if getattr(run.model, "session", None) is None:
+            return run, explainer
+        # An ONNX-backed predictor (recogen.load(RUN, backend="onnx")): onnxruntime has no layers to
+        # hook nor gradients, so its run's PyTorch weights are loaded instead, as the service does.
+        if getattr(run, "path", None) is None:
+            raise ConfigError("explain needs the PyTorch model and this ONNX predictor was not loaded from a run "
+                              "folder: load the run with recogen.load(RUN) (backend='torch')")
+        from ..tasks import get_task
+
+        return get_task(run.card["task"]).load(run.path, device=device, backend="torch"), explainer
     from ..artifact import read_card
     from ..tasks import get_task
 
     card = read_card(run)
     explainer = get_explainer(card.get("task"), run)  # refuse other tasks before loading weights
     return get_task(card["task"]).load(run, device=device, card=card), explainer
-
-
-def first_component(activation_batch: np.ndarray) -> np.ndarray:
-    """Each (C, H, W) activation of a batch projected on its first principal component: (B, H, W)
-    float32. The projection grad-cam's EigenCAM computes, from the thin SVD: grad-cam asks numpy for
-    the full one, whose (H*W, H*W) factor U is never used and is 1 GiB for a 128x128 map (a U-Net's
-    full-resolution decoder stage at 128 px; measured 1.5 s for a 64x64 one)."""
-    out = []
-    for a in np.nan_to_num(np.asarray(activation_batch, dtype=np.float32), nan=0.0):
-        flat = a.reshape(a.shape[0], -1).T
-        flat = flat - flat.mean(axis=0)
-        vt = np.linalg.svd(flat, full_matrices=False)[2]
-        out.append((flat @ vt[0]).reshape(a.shape[1:]))
-    return np.float32(out)
-
-
-def _thin_svd_in_eigencam() -> None:
-    """Make grad-cam's EigenCAM module use :func:`first_component` (the same maps; idempotent)."""
-    from pytorch_grad_cam import eigen_cam
-
-    if getattr(eigen_cam, "get_2d_projection", None) is not first_component:
-        eigen_cam.get_2d_projection = first_component
 
 
 def explainable_copy(model: "nn.Module") -> "nn.Module":

@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from ..registry import Registry
-
-MODELS: Registry = Registry("model", error=ModelError)
-register_model = MODELS.register
+from .catalog import MODELS, register_model
 
 # One package per task; each package's __init__ imports its builder modules.
 _BUILDER_PACKAGES = ("classifiers", "detectors", "segmenters", "generators")

@@ -234,7 +234,7 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
             add_sample_route(spec, spec.params_model())
 
     # ------------------------------------------------------------------ POST /v1/explain
-    from .explain import ENDPOINT, explain_params, explain_response, pick_explainable
+    from .explain import ENDPOINT, explain_info, explain_params, explain_response, pick_explainable
 
     explain_cls = explain_params()
 
@@ -260,7 +260,8 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
 
     @app.get("/v1/models", tags=["info"], dependencies=protected, summary="the served models")
     async def list_models() -> dict:
-        return {"models": [m.info() for m in served.values()]}
+        # A model POST /v1/explain can explain adds ``explain``: {"endpoint", "methods", "default_method"}.
+        return {"models": [{**m.info(), **_some(explain=explain_info(m))} for m in served.values()]}
 
     @app.get("/healthz", tags=["info"], summary="liveness (never needs the API key)")
     async def healthz() -> dict:
@@ -303,3 +304,8 @@ def _fastapi(**kwargs: Any) -> FastAPI:
 
         return app
     return FastAPIOffline(**kwargs)
+
+
+def _some(**values: Any) -> dict[str, Any]:
+    """The given keyword values that are not None."""
+    return {k: v for k, v in values.items() if v is not None}

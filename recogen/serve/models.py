@@ -39,12 +39,10 @@ class Served:
         ``params_model()`` but ``model``, in order, each ``{"name", "type", "required", "default",
         "description"}`` plus what applies of ``title`` (only when the field sets one), ``minimum``,
         ``maximum``, ``exclusive_minimum``, ``exclusive_maximum``, ``nullable`` and ``enum``. ``type`` is the
-        JSON schema type: integer, number, boolean, string, ... ("any" when the schema has none). A model
-        ``POST /v1/explain`` can explain adds ``explain``: ``{"endpoint", "methods", "default_method"}``.
+        JSON schema type: integer, number, boolean, string, ... ("any" when the schema has none). The
+        app adds ``explain`` for a model ``POST /v1/explain`` can explain (serve/explain.py: explain_info).
         """
         from ..tasks import get_task
-        from .explain import explain_info
-
         card, spec = self.predictor.card, get_task(self.task)
         out: dict[str, Any] = {
             "name": self.name, "task": self.task, "model": card.get("model"), "classes": list(card["classes"]),
@@ -78,9 +76,6 @@ class Served:
                     p["nullable"] = True
                 params.append(p)
             out.update(endpoint=f"/v1/{self.task}", params=params)
-        explain = explain_info(self)
-        if explain is not None:
-            out["explain"] = explain
         return {**out, **spec.model_info(card)}
 
 

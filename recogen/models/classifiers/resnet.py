@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import register_model
+from ..catalog import register_model
 from ..weights import fetch_pretrained
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import ModelError
-from .. import register_model
+from ..catalog import register_model
 
 
 class SeedCNN(nn.Module):

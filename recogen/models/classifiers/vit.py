@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...errors import ModelError
-from .. import register_model
+from ..catalog import register_model
 from ..weights import fetch_pretrained
 
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from torch import nn
 
 from ...errors import ModelError
-from .. import register_model
+from ..catalog import register_model
 
 
 def _cbr(cin: int, cout: int, stride: int = 1) -> nn.Module:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .. import register_model
+from ..catalog import register_model
 from ..parts import HEAD_ATTR
 from ..weights import fetch_pretrained
 

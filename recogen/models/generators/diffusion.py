@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import register_model
+from ..catalog import register_model
 from ...errors import ConfigError
 from .base import GenerativeModel, maybe_ema, no_pretrained
 from .layers import num_stages

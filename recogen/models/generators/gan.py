@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from .. import register_model
+from ..catalog import register_model
 from ...errors import ConfigError
 from ...registry import Registry
 from .base import GenerativeModel, maybe_ema, no_pretrained

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import register_model
+from ..catalog import register_model
 from .base import GenerativeModel, no_pretrained
 from .layers import num_stages
 

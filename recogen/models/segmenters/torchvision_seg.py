@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import register_model
+from ..catalog import register_model
 from ..parts import HEAD_ATTR, STEM_ATTR
 from ..weights import fetch_pretrained
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import register_model
+from ..catalog import register_model
 from ...errors import ModelError
 
 

@@ -49,6 +49,8 @@ class TrainConfig:
     precision: str = "auto"
     accelerator: str = "auto"
     devices: str = "auto"
+    strategy: str = "auto"  # auto, ddp or fsdp (Lightning's); several processes share each --batch-size
+    num_nodes: int = 1
     channels_last: bool | None = None
     progress: bool = True
     resume: bool = False
@@ -63,6 +65,7 @@ class TrainConfig:
 MAX_IMAGE_SIZE = 4096
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp", "fsdp")
 _positive = (lambda v: v >= 1, "a whole number >= 1")
 _fraction = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 RULES: dict[str, tuple[Any, str]] = {
@@ -82,6 +85,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "accelerator": (lambda v: v in ACCELERATORS, "one of " + ", ".join(ACCELERATORS)),
     "devices": (lambda v: bool(re.fullmatch(r"auto|-1|[1-9]\d*|\d+,|\d+(,\d+)+,?", v)),
                 "auto, a number of devices >= 1, or a list of device indices like 0,1"),
+    "strategy": (lambda v: v in STRATEGIES, "one of " + ", ".join(STRATEGIES)),
+    "num_nodes": _positive,
     "augment": (lambda v: v in ("auto", "none", "light", "strong"), "one of auto, none, light, strong"),
     "label_smoothing": _fraction,
     "unfreeze_at": (lambda v: v >= 1, "an epoch number >= 1 (epochs count from 0)"),
@@ -285,7 +290,9 @@ OPTION_HELP: dict[str, str] = {
     "skip_bad_images": "skip unreadable images (with a warning and a count) instead of stopping",
     "augment": "augmentation preset: none, light, strong or auto",
     "epochs": "training epochs (default: chosen for the data size)",
-    "batch_size": "batch size (default: chosen for the data size)",
+    "batch_size": "global batch size: with several processes (--devices N, --num-nodes M) each process takes "
+                  "batch/(N*M) images of every batch, so a run trains the same batches at any process count "
+                  "(default: chosen for the data size)",
     "lr": "peak learning rate (default: chosen for the model)",
     "optimizer": "adamw or sgd",
     "weight_decay": "weight decay",
@@ -297,7 +304,10 @@ OPTION_HELP: dict[str, str] = {
     "seed": "random seed (data split, initialisation, augmentation)",
     "precision": "Lightning precision: 32-true, bf16-mixed, 16-mixed or auto",
     "accelerator": "cpu, gpu, mps or auto",
-    "devices": "number of devices, or auto",
+    "devices": "number of devices (processes per node; on a CPU, N processes), or auto",
+    "strategy": "how several processes train: auto, ddp (DistributedDataParallel) or fsdp (fully sharded, GPUs "
+                "only); only global rank 0 writes the run folder",
+    "num_nodes": "number of machines (nodes) of a multi-node run (torchrun or SLURM's srun starts them)",
     "channels_last": "use channels-last memory format (default: on for CNNs)",
     "progress": "show the progress bar",
     "synthetic": "RUN:N adds N images per class from a class-conditional `generate` run to the training split",

@@ -25,13 +25,18 @@ class Batches:
         return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Any]:
+        for idx in self.indices():
+            yield self.batch(idx)
+
+    def indices(self) -> Iterator[torch.Tensor]:
+        """The items of each batch, in this epoch's order."""
         n = len(self.ds)
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
             order = torch.arange(n)
         for i in range(len(self)):
-            yield self.batch(order[i * self.batch_size : (i + 1) * self.batch_size])
+            yield order[i * self.batch_size : (i + 1) * self.batch_size]
 
     def batch(self, idx: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -74,6 +79,11 @@ class EpochSeeded:
 
     Only training batches are wrapped: Lightning inspects a validation loader that has a ``sampler``
     as if it were a DataLoader.
+
+    In a run of several processes (DDP: a process group is initialised) ``batch_size`` is the global
+    batch: every process draws the same seeded order and takes its own contiguous share of each batch
+    (process r of W: items r*B/W to (r+1)*B/W), so the gradient DDP averages is the one a single process
+    computes on the whole batch. Lightning adds its DistributedSampler only to DataLoaders; these are not.
     """
 
     def __init__(self, batches: Batches):
@@ -94,4 +104,16 @@ class EpochSeeded:
         return len(self.batches)
 
     def __iter__(self):
-        return iter(self.batches)
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return iter(self.batches)
+        return self._shard(dist.get_rank(), dist.get_world_size())
+
+    def _shard(self, rank: int, world: int):
+        for idx in self.batches.indices():
+            if len(idx) % world:
+                raise DataError(f"a batch of {len(idx)} cannot be shared evenly by {world} processes; "
+                                f"use a --batch-size that is a multiple of {world}")
+            share = len(idx) // world
+            yield self.batches.batch(idx[rank * share : (rank + 1) * share])

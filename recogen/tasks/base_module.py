@@ -26,8 +26,9 @@ class TaskModule(pl.LightningModule):
 
     def on_train_epoch_start(self):
         # Re-seed per epoch: dropout, augmentation and noise draws then do not depend on whether the
-        # run was interrupted and resumed before this epoch.
-        torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch)
+        # run was interrupted and resumed before this epoch. Each process of a multi-process run draws
+        # its own (rank 0 those of a single process): shares of a batch get different augmentations.
+        torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch + 1_000_003 * self.global_rank)
 
     def log_train_losses(self, losses: dict[str, torch.Tensor], n: int, batch_idx: int, shown: str = "loss") -> None:
         """Add this step's ``losses`` (weighted by its ``n`` images) to their epoch means, logged as

@@ -91,13 +91,20 @@ def budget_callback(budget_s: float, t_start: float, cap: int, reserve_s: Callab
             per_epoch = statistics.median(self.epoch_s[1:] or self.epoch_s)
             done = trainer.current_epoch + 1
             remaining = budget_s - (now - t_start) - reserve_s(self.val_s)
+            planned, stop = None, False
             if len(self.epoch_s) <= replan_after:
                 planned = epochs_that_fit(remaining, per_epoch, done, cap)
-                if planned != trainer.max_epochs:
-                    replan(trainer, planned)
-                    on_replan(trainer, planned)
-                    log.info("time budget: %d epochs fit (%.1f s each, %.0f s left)", planned, per_epoch, remaining)
             elif done < trainer.max_epochs and remaining < per_epoch:
+                stop = True
+            if getattr(trainer, "world_size", 1) > 1:
+                # Each process measures its own clock: global rank 0's decision holds for all, so every
+                # process trains the same epochs (different ones would leave one waiting for the others).
+                planned, stop, per_epoch, remaining = trainer.strategy.broadcast((planned, stop, per_epoch, remaining), src=0)
+            if planned is not None and planned != trainer.max_epochs:
+                replan(trainer, planned)
+                on_replan(trainer, planned)
+                log.info("time budget: %d epochs fit (%.1f s each, %.0f s left)", planned, per_epoch, remaining)
+            elif stop:
                 # Slower than planned (a busy machine): stop now rather than overrun; best.ckpt stays.
                 log.warning("time budget %s reached after epoch %d of %d; keeping the best checkpoint",
                             format_budget(budget_s), done, trainer.max_epochs)

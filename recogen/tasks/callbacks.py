@@ -54,7 +54,8 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
             row = {"epoch": trainer.current_epoch, **{k: round(v, 6) for k, v in m.items()},
                    "lr": trainer.optimizers[0].param_groups[0]["lr"], "time_s": round(time.perf_counter() - self.t0, 3)}
             self.rows.append(row)
-            write_json(self.path, self.rows)
+            if trainer.is_global_zero:  # several processes: the first writes
+                write_json(self.path, self.rows)
 
     class Resumed(pl.Callback):
         """On --resume: fit the restored LR schedule to the (possibly changed) epoch count, then write
@@ -78,8 +79,9 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
                 for sc in trainer.lr_scheduler_configs:
                     sc.scheduler.last_epoch = max(sc.scheduler.last_epoch, trainer.global_step)
                 replan(trainer, int(trainer.max_epochs))
-            run.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, run / "config.yaml")
+            if trainer.is_global_zero:
+                run.mkdir(parents=True, exist_ok=True)
+                save_yaml(cfg, run / "config.yaml")
             _resumed_runs.add(id(trainer))
 
     class FiniteLoss(pl.Callback):
@@ -89,7 +91,7 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            if isinstance(loss, torch.Tensor) and not _all_finite(trainer, loss.detach()):
                 raise LossNotFinite(_nonfinite_message(run, "loss", float(loss.detach().float().sum()),
                                                        f"at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, "
                                                        f"batch {batch_idx + 1})"))
@@ -98,7 +100,7 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
             # The epoch's losses (validation, and those of manual-optimisation steps, e.g. a GAN's), before
             # this epoch's checkpoints are written (Lightning runs checkpoint callbacks last).
             for k, v in trainer.callback_metrics.items():
-                if "loss" in k and not bool(torch.isfinite(v).all()):
+                if "loss" in k and not _all_finite(trainer, v):
                     raise LossNotFinite(_nonfinite_message(run, k, float(v.float().sum()),
                                                            f"in epoch {trainer.current_epoch + 1} (step {trainer.global_step})"))
 
@@ -123,6 +125,15 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
     if patience and monitor:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     return cbs
+
+
+def _all_finite(trainer, value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite in every process of the run: each process sees only its own share of a
+    batch, and all must stop together (one that raised alone would leave the others waiting)."""
+    finite = bool(torch.isfinite(value).all())
+    if trainer.world_size > 1:
+        finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+    return finite
 
 
 def _nonfinite_message(run: Path, name: str, value: float, where: str) -> str:
@@ -234,7 +245,8 @@ def _budget_callbacks(cfg: TrainConfig, run: Path, t_start: float | None, reserv
             for cb in trainer.callbacks:
                 if isinstance(cb, EarlyStopping):
                     cb.patience = cfg.patience
-        save_config(cfg, run)  # --resume continues the plan actually made
+        if trainer.is_global_zero:
+            save_config(cfg, run)  # --resume continues the plan actually made
 
     fixed, per_val = reserve
     return [budget_callback(seconds, t_start, int(cfg.epochs), lambda val_s: fixed + per_val * val_s, on_replan)]

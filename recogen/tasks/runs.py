@@ -62,6 +62,9 @@ def check_environment(cfg: TrainConfig) -> None:
     if on_cpu and ("," in devices or devices == "-1"):
         raise ConfigError(f"--devices {devices} names device indices, which only GPUs have; on a CPU use "
                           "--devices N (N processes) or auto")
+    if on_cpu and cfg.strategy == "fsdp":
+        raise ConfigError("--strategy fsdp needs GPUs (Lightning's FSDP does not run on a CPU); on a CPU use "
+                          "--strategy ddp")
 
 
 def _has_run(out: Path) -> bool:
@@ -101,10 +104,16 @@ def prepare_run(cls: type[C], task: str, cfg: C) -> tuple[C, Path, Path | None]:
     be checked before loading data is checked here: the folder is writable, the machine has the asked
     accelerator, and a resumed checkpoint reads safely and has not trained more epochs than asked for.
     """
+    from .distributed import is_global_zero
+
+    # In a multi-process run every process runs this with the same options: all check (reading only),
+    # and only global rank 0 writes (the folder probe, the clean-up of a killed run's temporary files).
+    lead = is_global_zero()
     check_environment(cfg)
     if not cfg.resume:
         out = Path(cfg.out).expanduser() if cfg.out else _default_out(task, cfg)
-        check_writable_folder(out)
+        if lead:
+            check_writable_folder(out)
         if _has_run(out):
             raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         return dataclasses.replace(cfg, out=str(out)), out, None
@@ -114,7 +123,8 @@ def prepare_run(cls: type[C], task: str, cfg: C) -> tuple[C, Path, Path | None]:
     last = out / "checkpoints" / "last.ckpt"
     if not last.is_file() or not (out / "config.yaml").is_file():
         raise RunError(f"nothing to resume in {out}: {last} or config.yaml is missing")
-    check_writable_folder(out)
+    if lead:
+        check_writable_folder(out)
     saved = load_run_config(cls, out)
     done = load_checkpoint(last)["epoch"] + 1
     epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
@@ -123,7 +133,8 @@ def prepare_run(cls: type[C], task: str, cfg: C) -> tuple[C, Path, Path | None]:
                           f"give --epochs {done} or more")
     resumed = dataclasses.replace(saved, resume=True, out=str(out), epochs=epochs, progress=cfg.progress)
     check_environment(resumed)
-    _remove_partial_writes(out)
+    if lead:
+        _remove_partial_writes(out)
     return resumed, out, last
 
 

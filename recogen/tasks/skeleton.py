@@ -28,6 +28,14 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
     from ..data.manifest import write_manifest
     from ..utils import seed_everything
 
+    from ..errors import ConfigError
+    from .distributed import is_global_zero
+
+    # Several processes (--devices N --strategy ddp, torchrun, srun) each run all of this; only global
+    # rank 0 writes (run folder, report, model) and logs. The others train, and return after fit.
+    lead = is_global_zero()
+    if not lead:
+        logging.getLogger("recogen").setLevel(logging.WARNING)
     cfg, run, ckpt = runs.prepare_run(task.config, task.name, runs.make_config(task.config, config, options))
     if cfg.model != "auto":  # a model of another task (tv:resnet18 to detect) is one line, before any data loads
         from ..models import check_model_task
@@ -50,16 +58,24 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
         model = model.to(memory_format=torch.channels_last)
     train_batches, val_batches = task.batches(cfg, splits)
     module = task.build_module(model, cfg, splits, train_batches)
-    runs.save_config(cfg, run)
-    write_manifest(run, splits, cfg)  # which images each split holds (splits.json)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(f"model {cfg.model}: {n_params / 1e6:.2f}M trainable parameters; {runs.plan_text(cfg)}, "
-             f"batch {cfg.batch_size}, {cfg.precision}; run folder {run}")
-
     fitter = trainer.make_trainer(cfg, run, monitor=task.monitor, mode=task.mode, steps_per_epoch=len(train_batches),
                                   extra_callbacks=callbacks or (), t_start=t0,
                                   reserve=task.reserve(splits))
+    world = fitter.num_devices * fitter.num_nodes
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly among the "
+                          f"{world} processes of this run; use a multiple of {world}")
+    if lead:
+        runs.save_config(cfg, run)
+        write_manifest(run, splits, cfg)  # which images each split holds (splits.json)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    per = f" ({cfg.batch_size // world} in each of {world} processes)" if world > 1 else ""
+    log.info(f"model {cfg.model}: {n_params / 1e6:.2f}M trainable parameters; {runs.plan_text(cfg)}, "
+             f"batch {cfg.batch_size}{per}, {cfg.precision}; run folder {run}")
+
     trainer.fit(fitter, module, train_batches, val_batches, ckpt)
+    if not fitter.is_global_zero:
+        return run
     runs.load_best(module, run)
     model = module.model.to(memory_format=torch.contiguous_format).cpu().eval()
     card = save_portable(run, model, task.card(cfg, model, splits))

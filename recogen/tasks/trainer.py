@@ -86,6 +86,7 @@ def make_trainer(cfg: TrainConfig, run: Path, *, monitor: str | None, mode: str 
         devices = int(devices)
     return pl.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices, precision=cfg.precision,
+        strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         logger=TensorBoardLogger(save_dir=str(run), name="tensorboard", version="", default_hp_metric=False),
         callbacks=_callbacks(run, cfg, monitor, mode) + _budget_callbacks(cfg, run, t_start, reserve) + list(extra_callbacks),
         plugins=[_atomic_checkpoint_io()],
@@ -98,9 +99,12 @@ def fit(trainer, module, train_dl, val_dl, ckpt: Path | None) -> None:
     """``trainer.fit`` that turns Lightning's Ctrl+C / SIGTERM shutdown into a :class:`TrainingInterrupted`
     (a KeyboardInterrupt) whose message says truthfully what is saved, and a checkpoint that does not fit
     this run into a RunError."""
+    from .distributed import end_process_group
+
     run = Path(trainer.default_root_dir)
     try:
         trainer.fit(module, train_dl, val_dl, ckpt_path=str(ckpt) if ckpt else None)
+        end_process_group()  # several processes: what follows is global rank 0's alone
     except SystemExit:
         # Lightning turns Ctrl+C into a graceful shutdown and sys.exit(1), and SIGTERM into a
         # SIGTERMException (a SystemExit); what the last finished epoch saved is kept.

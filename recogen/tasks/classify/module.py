@@ -76,6 +76,6 @@ class ClassifierModule(TaskModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self.model(x)
-        self.log("val_loss", nn.functional.cross_entropy(logits.float(), y), prog_bar=True)
+        self.log("val_loss", nn.functional.cross_entropy(logits.float(), y), prog_bar=True, sync_dist=True)
         self.val_acc(logits, y)
         self.log("val_acc", self.val_acc, prog_bar=True)

@@ -62,8 +62,9 @@ class DetectorModule(TaskModule):
     def on_validation_epoch_end(self):
         r = self.map_metric.compute()
         self.map_metric.reset()
-        self.log("val_map", float(r["map"]), prog_bar=True)
-        self.log("val_map_50", float(r["map_50"]), prog_bar=True)
+        # Every process evaluates the whole validation split: sync_dist only keeps Lightning quiet.
+        self.log("val_map", float(r["map"]), prog_bar=True, sync_dist=True)
+        self.log("val_map_50", float(r["map_50"]), prog_bar=True, sync_dist=True)
 
 
 

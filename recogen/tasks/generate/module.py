@@ -96,7 +96,7 @@ class GenerativeModule(TaskModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         for k, v in self.model.val_metrics(x, y).items():
-            self.log(k, v, prog_bar=True)
+            self.log(k, v, prog_bar=True, sync_dist=True)
 
     def on_train_epoch_end(self):
         # The image grid of this epoch in TensorBoard; a private generator keeps the global RNG (and so a

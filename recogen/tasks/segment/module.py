@@ -63,13 +63,14 @@ class SegmenterModule(TaskModule):
         x, m = batch
         logits = self.model(x).float()
         if (m != IGNORE_INDEX).any():
-            self.log("val_loss", nn.functional.cross_entropy(logits, m, ignore_index=IGNORE_INDEX), prog_bar=True)
+            self.log("val_loss", nn.functional.cross_entropy(logits, m, ignore_index=IGNORE_INDEX), prog_bar=True,
+                     sync_dist=True)
         self.val_cm.update(logits.argmax(1), m)
 
     def on_validation_epoch_end(self):
         # mIoU over the whole split, from the accumulated confusion matrix (a mean of per-batch
         # mIoUs would weight small batches and rare classes wrongly).
-        self.log("val_miou", miou_from_confusion(self.val_cm.compute()).float(), prog_bar=True)
+        self.log("val_miou", miou_from_confusion(self.val_cm.compute()).float(), prog_bar=True, sync_dist=True)
         self.val_cm.reset()
 
 

@@ -29,7 +29,7 @@ ARGS = ["classify", "train", "--data", "digits", "--limit", "256", "--image-size
         # no dropout here (each process draws its own masks)
         "--model-kwargs", '{"dropout": 0}', "--augment", "none", "--epochs", "2", "--batch-size", "32",
         "--precision", "32-true", "--accelerator", "cpu", "--no-progress", "--seed", "3"]
-# Measured (2 epochs of 6 steps of 32, fp32, 2-core CPU): the largest weight difference between the 1- and
+# Measured (2 epochs of 8 steps of 32, fp32, 2-core CPU): the largest weight difference between the 1- and
 # the 2-process run is 1.0e-6 (weights up to 0.35; floating-point summation order: DDP averages two
 # half-batch gradients, one process takes one mean), the history's losses differ by at most 1e-6 (it
 # rounds to 6 digits) and the accuracies not at all. The tolerances keep a margin of 10-20x.
@@ -166,7 +166,7 @@ DETECT = ["detect", "train", "--data", "shapes:48", "--image-size", "64", "--mod
           "--batch-size", "8", "--precision", "32-true", "--accelerator", "cpu", "--no-progress", "--seed", "1"]
 # Detection is not the same computation in 2 processes, only close: fcos-s's backbone has BatchNorm
 # (statistics of each process's 4 images instead of the batch's 8) and FCOS divides each process's loss by
-# the foreground locations of its own share, not of the whole batch. Measured (2 epochs of 6 steps of 8,
+# the foreground locations of its own share, not of the whole batch. Measured (2 epochs, batches of 8,
 # fp32, 2-core CPU): the epochs' training losses differ by at most 0.09% (2.6377 vs 2.6381, 1.9839 vs
 # 1.9857); the weights as a whole by 10% of their norm (L2; AdamW's normalised steps carry small gradient
 # differences into every weight, most in the biases, which start at zero). The validation mAP after two
@@ -211,6 +211,11 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused_befo
                                  "--epochs", "1", "--batch-size", "15", "--accelerator", "cpu", "--devices", "2",
                                  "--strategy", "ddp", "--out", tmp_path / "r")
     assert_one_line(rc, err, "--batch-size 15", "2 processes", "multiple of 2")
+    assert not (tmp_path / "r").exists()
+    rc, _, err = main_in_process(capsys, "classify", "train", "--data", "digits", "--limit", "64", "--image-size", "16",
+                                 "--epochs", "2", "--freeze-backbone", "--unfreeze-at", "1", "--accelerator", "cpu",
+                                 "--devices", "2", "--strategy", "ddp", "--out", tmp_path / "r")
+    assert_one_line(rc, err, "--unfreeze-at", "2 processes")
     assert not (tmp_path / "r").exists()
 
 
@@ -274,3 +279,30 @@ def test_under_a_process_group_each_process_iterates_its_share(monkeypatch):
     mine = [x for x, _ in seeded]
     assert len(mine) == len(whole) == 4
     assert all(torch.equal(m, w[4:]) for m, w in zip(mine, whole))
+
+
+def test_the_time_budget_applies_the_plan_of_rank_zero(monkeypatch):
+    """Each process measures its own epochs; all follow global rank 0's plan (broadcast), or one would
+    train an epoch the others do not and wait for them forever."""
+    import types
+
+    from recogen.tasks import budget
+
+    class Trainer:
+        current_epoch, world_size, num_training_batches, lr_scheduler_configs = 0, 2, 10, []
+        fit_loop = types.SimpleNamespace(max_epochs=20)
+        max_epochs = property(lambda self: self.fit_loop.max_epochs)
+        should_stop = False
+
+        def __init__(self, decision):
+            self.sent, self.strategy = [], types.SimpleNamespace(broadcast=lambda obj, src=0: self.sent.append(obj) or decision)
+
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(budget, "_now", lambda: next(clock))
+    plans = []
+    cb = budget.budget_callback(100.0, 0.0, 20, lambda val_s: 0.0, lambda tr, n: plans.append(n))
+    tr = Trainer((7, False, 1.0, 99.0))  # rank 0 planned 7 epochs; this process alone would plan 20
+    cb.on_train_epoch_start(tr, None)
+    cb.on_train_epoch_end(tr, None)
+    assert tr.sent[0][0] == 20  # its own plan was offered, not used
+    assert plans == [7] and tr.max_epochs == 7 and not tr.should_stop

@@ -217,6 +217,11 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_refused_befo
                                  "--devices", "2", "--strategy", "ddp", "--out", tmp_path / "r")
     assert_one_line(rc, err, "--unfreeze-at", "2 processes")
     assert not (tmp_path / "r").exists()
+    rc, _, err = main_in_process(capsys, "generate", "train", "--data", "digits", "--limit", "64", "--model", "dcgan",
+                                 "--epochs", "1", "--batch-size", "16", "--accelerator", "cpu", "--devices", "2",
+                                 "--strategy", "ddp", "--out", tmp_path / "r")
+    assert_one_line(rc, err, "a GAN", "2 processes")
+    assert not (tmp_path / "r").exists()
 
 
 def test_global_rank_zero_from_each_launcher(monkeypatch):

@@ -68,6 +68,9 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
     if world > 1 and getattr(cfg, "unfreeze_at", None) is not None:
         raise ConfigError(f"--unfreeze-at is not supported yet in a run of {world} processes (DDP fixes the "
                           "trained parameters when it starts); train the whole network, or use one process")
+    if world > 1 and getattr(module, "single_process_only", None):
+        raise ConfigError(f"{module.single_process_only}: not supported yet in a run of {world} processes; "
+                          "train it in one process")
     if lead:
         runs.save_config(cfg, run)
         write_manifest(run, splits, cfg)  # which images each split holds (splits.json)

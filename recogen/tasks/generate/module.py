@@ -45,6 +45,8 @@ class GenerativeModule(TaskModule):
         # GANs alternate two optimisers; one manual loop serves every family the same way.
         self.automatic_optimization = False
         self.groups = list(model.param_groups())
+        if len(self.groups) > 1:  # read by the training skeleton (tasks/skeleton.py)
+            self.single_process_only = "a GAN (its optimisers take turns, which DDP does not follow yet)"
         preset = get_preset(cfg.augment)
         self.augment = None if preset.is_identity else BatchAugment(preset, hflip_ok)
         # The names logged this epoch: a GAN with several critic steps per generator step may have an

@@ -32,6 +32,18 @@ def run_timed(cmd: list[str], cwd: Path, what: str | None = None) -> tuple[subpr
     return p, wall, (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
 
 
+def code_state() -> str:
+    """The commit of the checkout the benchmarks run from, and whether recogen/ has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "recogen"], cwd=root, capture_output=True, text=True).stdout.split("\n")
+        n = sum(1 for line in dirty if line.strip())
+        return f"{head}" + (f" + uncommitted changes in {n} file(s) of recogen/" if n else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+
+
 def write_result(path: Path, benchmark: str, **fields) -> None:
     """Write a benchmark's numbers as JSON, with the date, the machine and the Python version."""
     result = {"benchmark": benchmark, "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -40,18 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def code_state() -> str:
-    """The commit of the checkout this script runs from, and whether recogen/ has uncommitted changes."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "recogen"], cwd=ROOT, capture_output=True, text=True).stdout.split("\n")
-        n = sum(1 for line in dirty if line.strip())
-        return f"{head}" + (f" + uncommitted changes in {n} file(s) of recogen/" if n else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-
 METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam", "integrated-gradients")
 # model -> (task, training options); classifiers on real digits at their own size, dense models on shapes.
 MODELS = {
@@ -137,7 +125,7 @@ def main() -> None:
     given = dict(r.split("=", 1) for r in a.run)
     supported = explain_tasks()
     info = {"cpu": bench_common.cpu_name(), "threads": a.threads, "nice": os.nice(0), "torch": torch.__version__,
-            "recogen": recogen.__version__, "code": code_state(), "loadavg_start": round(os.getloadavg()[0], 2)}
+            "recogen": recogen.__version__, "code": bench_common.code_state(), "loadavg_start": round(os.getloadavg()[0], 2)}
     print(f"machine: {info}\nexplain tasks in this checkout: {', '.join(sorted(supported))}", flush=True)
     rows, skipped = [], {}
     with tempfile.TemporaryDirectory(prefix="explain_latency_") as tmp:

@@ -59,18 +59,6 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 
-def code_state() -> str:
-    """The commit of the checkout this script runs from, and whether recogen/ has uncommitted changes."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "recogen"], cwd=ROOT, capture_output=True, text=True).stdout.split("\n")
-        n = sum(1 for line in dirty if line.strip())
-        return f"{head}" + (f" + uncommitted changes in {n} file(s) of recogen/" if n else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-
 ARMS = ("finetune", "finetune-frozen", "scratch", "default")
 
 
@@ -157,7 +145,7 @@ def machine(threads_note: str) -> dict:
 
     return {"cpu": bench_common.cpu_name(), "cores": len(os.sched_getaffinity(0)), "threads": threads_note,
             "nice": os.nice(0), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "lightning": lightning.__version__, "recogen": recogen.__version__, "code": code_state()}
+            "timm": timm.__version__, "lightning": lightning.__version__, "recogen": recogen.__version__, "code": bench_common.code_state()}
 
 
 def main() -> None:

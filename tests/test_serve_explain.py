@@ -251,21 +251,12 @@ def test_page_has_the_explain_toggle_and_calls_the_endpoint(client):
 
 
 def test_page_shows_the_overlay_beside_the_prediction_when_explain_is_ticked(app, digits, tmp_path):
-    from test_web_page import _chromium, _require
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _require("Playwright is not installed (pip install playwright)")
-    exe = _chromium()
-    if exe is None:
-        _require("no chromium found (apt-get install chromium, or set RECOGEN_CHROMIUM=/path/to/chrome)")
     import httpx
+    from test_web_page import launched_chromium
 
     f = tmp_path / "digit.png"
     f.write_bytes(digits[1])
-    with ServerThread(app) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+    with ServerThread(app) as url, launched_chromium() as browser:
         pg = browser.new_page()
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -300,5 +291,4 @@ def test_page_shows_the_overlay_beside_the_prediction_when_explain_is_ticked(app
         pg.wait_for_selector("body[data-state=done]", timeout=20_000)
         pg.uncheck("#explain")
         assert pg.get_attribute("#explanation", "data-state") == "off" and pg.locator("img.explain-overlay").count() == 0
-        browser.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"

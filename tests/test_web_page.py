@@ -6,6 +6,7 @@ Without chromium or Playwright the tests skip with the reason, unless RECOGEN_RE
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -29,8 +30,10 @@ def _require(reason: str):
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def launched_chromium():
+    """Headless chromium driven by Playwright, closed afterwards; without either the test skips (fails
+    under RECOGEN_REQUIRE_BROWSER=1)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -41,8 +44,16 @@ def browser():
     with sync_playwright() as p:
         # --no-sandbox: CI containers run as root, where chromium's sandbox refuses to start.
         b = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launched_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

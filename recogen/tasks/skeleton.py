@@ -65,9 +65,6 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly among the "
                           f"{world} processes of this run; use a multiple of {world}")
-    if world > 1 and getattr(cfg, "unfreeze_at", None) is not None:
-        raise ConfigError(f"--unfreeze-at is not supported yet in a run of {world} processes (DDP fixes the "
-                          "trained parameters when it starts); train the whole network, or use one process")
     if world > 1 and getattr(module, "single_process_only", None):
         raise ConfigError(f"{module.single_process_only}: not supported yet in a run of {world} processes; "
                           "train it in one process")

@@ -21,6 +21,9 @@ class ClassifierModule(TaskModule):
         preset = get_preset(cfg.augment)
         self.augment = None if preset.is_identity else BatchAugment(preset, hflip_ok)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        if cfg.unfreeze_at is not None:  # refused by the skeleton in a run of several processes
+            self.single_process_only = ("--unfreeze-at (DDP fixes the trained parameters when it starts; "
+                                        "train the whole network instead)")
 
     # ------------------------------------------------------------------ fine-tuning (tasks/finetune.py)
     def on_train_epoch_start(self):

@@ -26,18 +26,13 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# Issue 10's benchmarks (3 seeds each; hours in all on 2 cores: run on an idle machine). The Keras
+# Every benchmark (hours on 2 cores: run on an idle machine), then BENCHMARKS.md rewritten from the results
+# (benchmarks/report.py lists them; `python benchmarks/report.py` alone only rewrites the page). The Keras
 # reference needs its own venv: python3.11 -m venv /tmp/kerasvenv && /tmp/kerasvenv/bin/pip install tensorflow-cpu numpy
+# On a GPU machine: $(BIN)/python benchmarks/report.py --run --gpu (the GPU rows too).
 KERAS_PYTHON ?= /tmp/kerasvenv/bin/python
 bench: $(STAMP)
-	$(BIN)/python benchmarks/classify_throughput.py
-	$(BIN)/python benchmarks/classify_defaults.py --data mnist-5k --seeds 0 1 2 $(if $(wildcard $(KERAS_PYTHON)),--keras-python $(KERAS_PYTHON)) --json runs/bench/classify_defaults.json
-	$(BIN)/python benchmarks/dense_defaults.py --task segment --data digit-scenes --seeds 0 1 2 --json runs/bench/segment_defaults.json
-	$(BIN)/python benchmarks/dense_defaults.py --task detect --data digit-scenes --seeds 0 1 2 --json runs/bench/detect_defaults.json
-	$(BIN)/python benchmarks/generate_judge.py --seeds 0 1 2 --json runs/bench/generate_judge.json
-	$(BIN)/python benchmarks/finetune_vs_scratch.py --seeds 0 1 2 --json runs/bench/finetune_vs_scratch.json
-	$(BIN)/python benchmarks/finetune_vs_scratch.py --source mnist-5k --target textures --seeds 0 1 2 --json runs/bench/finetune_vs_scratch_reverse.json
-	$(BIN)/python benchmarks/explain_latency.py --images 5 --json runs/bench/explain_latency.json
+	KERAS_PYTHON=$(KERAS_PYTHON) $(BIN)/python benchmarks/report.py --run
 
 clean:
 	rm -rf $(VENV) runs

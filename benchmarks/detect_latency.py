@@ -142,7 +142,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     ap.add_argument("--run", help="time this trained run folder instead (its own image size; --sizes ignored)")
+    ap.add_argument("--json", type=Path, metavar="OUT", help="also write the rows (and onnx/eager ratios) to this JSON file")
     a = ap.parse_args()
+    rows: list[list] = []
+    speed: dict[tuple[int, str], float] = {}
 
     import torch
 
@@ -171,10 +174,33 @@ def main() -> None:
                     predict = BACKENDS[backend](run)
                 except BackendUnavailable as e:
                     print(f"{head} n/a: {e} | | |{tail}", flush=True)
+                    rows.append([model, size, backend, weights, "not measured: " + str(e), "", ""])
                     continue
                 r = measure(predict, images, a.warmup, a.rounds)
                 print(f"{head} **{r['images_per_s']:.1f}** | {r['min']:.1f} – {r['max']:.1f} | "
                       f"{r['latency_ms']:.1f} |{tail}", flush=True)
+                rows.append([model, size, backend, weights, f"**{r['images_per_s']:.1f}**", f"{r['min']:.1f} – {r['max']:.1f}",
+                             f"{r['latency_ms']:.1f}"])
+                speed[(size, backend)] = r["images_per_s"]
+    if a.json:
+        _write_json(a, rows, speed)
+
+
+def _write_json(a, rows: list[list], speed: dict[tuple[int, str], float]) -> None:
+    """The rows in the shape benchmarks/report.py renders, with the onnx/eager ratio per size."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_common
+
+    ratios = {s: speed[(s, "onnx")] / speed[(s, "eager")] for s, b in speed if b == "eager" and (s, "onnx") in speed}
+    said = "; ".join(f"{s} px onnx/eager **{r:.2f}**" for s, r in sorted(ratios.items()))
+    bench_common.write_result(
+        a.json, "detect_latency", title="ONNX against eager latency: detection predict (`benchmarks/detect_latency.py`)",
+        command="python benchmarks/detect_latency.py " + " ".join(sys.argv[1:]), runs=a.rounds, code=bench_common.code_state(),
+        summary=(f"The predictor behind `recogen detect predict` (decode, resize, network, NMS, result dict), batch 1, "
+                 f"{a.threads} thread(s), {a.warmup} warm-up calls then {a.rounds} rounds over {a.images} generated images; "
+                 f"images/s of the median round. {said or 'No onnx/eager pair measured.'}"),
+        table={"columns": ["model", "size", "backend", "weights", "images/s (median round)", "range", "median latency ms"],
+               "rows": rows}, ratios={str(k): v for k, v in ratios.items()})
 
 
 if __name__ == "__main__":

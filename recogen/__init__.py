@@ -65,6 +65,36 @@ def explain(run: Any, images: Any, method: str = "gradcam", target: Any = None, 
     return _explain(run, images, method=method, target=target, layer=layer, out=out, device=device)
 
 
+def text2img(model: str, prompt: str, **options: Any):
+    """Images from ``prompt`` with a published diffusers pipeline (Hub id or local folder), as
+    ``recogen generate text2img`` makes them; ``options``: ``negative_prompt``, ``steps``, ``guidance``,
+    ``seed``, ``n``, ``size``, ``out``, ``device``, ``dtype``, ``attention_slicing``, ``cpu_offload``.
+    Returns a :class:`recogen.pipelines.PipelineResult` (PIL ``images``, ``paths``, ``record``).
+
+    >>> recogen.text2img("stable-diffusion-v1-5/stable-diffusion-v1-5", "a red fox in snow", seed=1, out="fox.png")
+    """
+    from .pipelines.text_to_image import text2img as _run
+
+    return _run(model, prompt, **options)
+
+
+def img2img(model: str, image: Any, prompt: str, **options: Any):
+    """``image`` moved towards ``prompt`` by a diffusers pipeline (``recogen edit img2img``); ``options`` as
+    :func:`text2img` plus ``strength`` (0, 1]."""
+    from .pipelines.image_to_image import img2img as _run
+
+    return _run(model, image, prompt, **options)
+
+
+def inpaint(model: str, image: Any, mask: Any, prompt: str, **options: Any):
+    """The white region of ``mask`` repainted from ``prompt`` by a diffusers pipeline (``recogen edit inpaint
+    MODEL IMAGE --mask MASK --prompt ...``); ``options`` as :func:`text2img` plus ``strength`` and
+    ``keep_unmasked``. (Inpainting with a recogen run is :func:`recogen.edit.inpaint`.)"""
+    from .pipelines.inpainting import inpaint as _run
+
+    return _run(model, image, mask, prompt, **options)
+
+
 def create_model(name: str, **kwargs: Any):
     """Build a registered network by name (see :func:`list_models`)."""
     from .models import create_model as _create
@@ -86,4 +116,5 @@ def list_datasets() -> list[tuple[str, str]]:
     return _list()
 
 
-__all__ = ["__version__", "train", "load", "evaluate", "explain", "create_model", "list_models", "list_datasets"]
+__all__ = ["__version__", "train", "load", "evaluate", "explain", "text2img", "img2img", "inpaint", "create_model",
+           "list_models", "list_datasets"]

@@ -16,8 +16,9 @@ OPTION_DESTS = [f.lstrip("-").replace("-", "_") for f, _, _ in FAMILY_OPTIONS]
 
 
 def add_parser(sub, parser_class) -> None:
-    """Add ``edit`` and its four actions to the top-level subparsers ``sub``."""
-    ed = sub.add_parser("edit", help="edit images with a generator run: interpolate, inpaint, vary, attribute")
+    """Add ``edit``, its four run actions and the pipeline ones (:mod:`recogen.pipelines`) to the subparsers ``sub``."""
+    ed = sub.add_parser("edit", help="edit images with a generator run (interpolate, inpaint, vary, attribute) or a "
+                                     "diffusers pipeline (img2img, inpaint)")
     acts = ed.add_subparsers(dest="action", metavar="ACTION", parser_class=parser_class, required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -35,8 +36,9 @@ def add_parser(sub, parser_class) -> None:
     ip.add_argument("--steps", type=int, default=8, help="frames, both ends included (default 8)")
     common(ip)
 
-    pp = acts.add_parser("inpaint", help="fill the white region of a mask")
-    pp.add_argument("run", help="run folder of `recogen generate train`")
+    pp = acts.add_parser("inpaint", help="fill the white region of a mask (a run; or a diffusers pipeline with --prompt)")
+    pp.add_argument("run", help="run folder of `recogen generate train`, or with --prompt a diffusers pipeline "
+                                "(Hub id or folder)")
     pp.add_argument("image", help="image to fill")
     pp.add_argument("--mask", required=True, metavar="MASK", help="mask image of the same size: white = fill, black = keep")
     common(pp)
@@ -57,6 +59,12 @@ def add_parser(sub, parser_class) -> None:
     ap.add_argument("--data", help="labelled data for the class means (default: the run's own data set)")
     ap.add_argument("--per-class", type=int, default=32, help="images per class averaged for the direction (default 32)")
     common(ap)
+
+    # Published diffusers pipelines: `edit img2img`, and `edit inpaint` with a pipeline and --prompt.
+    from ..pipelines.cli import add_actions as add_pipeline_actions
+
+    add_pipeline_actions(acts, "edit", parser_class, existing={"inpaint": pp},
+                         run_only=[(f, d) for (f, _, _), d in zip(FAMILY_OPTIONS, OPTION_DESTS)])
 
 
 def _interpolate(ns, api, kw):

@@ -96,7 +96,8 @@ class GenerateTask(Task):
             f"sampling took {m['sample_seconds']:.1f} s"])
 
     def add_actions(self, actions, parser_class) -> bool:
-        """``generate sample`` and ``generate eval`` (generation has no predict)."""
+        """``generate sample``, ``generate eval`` (generation has no predict) and the pipeline capabilities
+        of the "generate" group (``generate text2img``: :mod:`recogen.pipelines`)."""
         sa = actions.add_parser("sample", help="draw samples: a PNG grid, or a folder of PNGs plus grid.png")
         sa.add_argument("run", help="run folder or model.json")
         sa.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
@@ -120,6 +121,10 @@ class GenerateTask(Task):
         ev.add_argument("--no-write", action="store_true", help="do not write metrics.json")
         _add_sampler_flags(ev)
         ev.set_defaults(func=_cmd_eval)
+
+        from ...pipelines.cli import add_actions as add_pipeline_actions
+
+        add_pipeline_actions(actions, "generate", parser_class)  # text2img: published diffusers pipelines
         return True
 
     def model_info(self, card):

@@ -97,6 +97,13 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     task = _task(ns)
     kw = {f.dest: getattr(ns, f.dest) for f in task.predict_flags if f.dest != "save"}
     save = getattr(ns, "save", None)
+    if ns.out is not None:
+        return _predict_stream(ns, task, kw, save)
+    given = [flag for flag, dest in STREAM_OPTIONS if getattr(ns, dest) not in (None, False)]
+    if given:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{', '.join(given)} only work with --out PATH.jsonl (streaming into a file)")
     files = _readable_images(expand_inputs(ns.images), ns.skip_bad_images)
     results = task.predict_files(ns.run, files, out_dir=save, backend=ns.backend, **kw)
     if ns.json:
@@ -106,6 +113,39 @@ def cmd_predict(ns: argparse.Namespace) -> int:
             print("\n".join(task.format_lines(r)))  # a task may print several lines per image
         if save:
             print(f"wrote {len(results)} result image(s) to {save}")
+    return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+# The options of streaming predict (--out): (flag, argparse dest).
+STREAM_OPTIONS = [("--batch-size", "batch_size"), ("--workers", "workers"), ("--devices", "devices"),
+                  ("--accelerator", "accelerator"), ("--overwrite", "overwrite")]
+
+
+def _predict_stream(ns: argparse.Namespace, task, kw: dict, save) -> int:
+    """``predict --out PATH.jsonl``: stream the images through DataLoader workers and the model into the
+    file, one JSON line per image, resuming where a previous run stopped (``recogen.tasks.stream``)."""
+    from .errors import ConfigError
+
+    if ns.json:
+        raise ConfigError("--out writes JSON lines into its file; drop --json")
+    given = {dest: getattr(ns, dest) for _, dest in STREAM_OPTIONS if getattr(ns, dest) is not None}
+    s = task.predict_stream(ns.run, ns.images, ns.out, skip_bad=ns.skip_bad_images, out_dir=save, backend=ns.backend,
+                            **given, **kw)
+    if s is None:  # another process of a --devices N run: the first one reports
+        return 0
+    bad = f", {s['errors']} unreadable (error lines)" if s["errors"] else ""
+    before = f" ({s['before']} were there already)" if s["before"] else ""
+    print(f"wrote {s['written']} result line(s){bad} to {s['out']}{before}: {s['images']} image(s) in all")
     return 0
 
 
@@ -222,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
     from .tasks import all_tasks
+    from .tasks.spec import positive_int
 
     for task in all_tasks().values():
         tp = sub.add_parser(task.name, help=task.help)
@@ -249,9 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
         for f in task.predict_flags:
             pr.add_argument(f.flag, **f.kwargs)
         pr.add_argument("--skip-bad-images", action="store_true",
-                        help="leave out unreadable images (one warning with a count) instead of stopping")
+                        help="leave out unreadable images (one warning with a count) instead of stopping; "
+                             "with --out each becomes an error line {\"path\", \"error\"}")
         pr.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                         help="torch (default) or onnx: run RUN/model.onnx (made by `recogen export`) with onnxruntime")
+        st = pr.add_argument_group(
+            "streaming into a file (any number of images: decoded by DataLoader workers, written as they come, "
+            "resumed where a run stopped)")
+        st.add_argument("--out", metavar="PATH.jsonl",
+                        help="write one JSON result per line (the --json fields, with \"path\") into this file, "
+                             "in input order; images already in it are skipped (resume)")
+        st.add_argument("--batch-size", type=positive_int, help="images per batch (default 64)")
+        st.add_argument("--workers", type=_non_negative_int,
+                        help="DataLoader processes decoding images, per device (default min(4, CPUs / devices); 0: "
+                             "decode in the main process)")
+        st.add_argument("--devices", type=positive_int,
+                        help="processes (GPUs, or on a CPU N processes) sharing the images (default 1)")
+        st.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "mps"], help="default auto (a GPU if there is one)")
+        st.add_argument("--overwrite", action="store_true", help="start again: replace the file instead of resuming")
         pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="export a trained run to ONNX (checked with onnxruntime), TorchScript or safetensors")

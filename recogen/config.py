@@ -35,6 +35,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     limit: int | None = None
     augment: str = "auto"
+    cache: bool = False  # folder:PATH: decode once into a memory-mapped uint8 file beside the data (data/cache.py)
     # optimisation
     epochs: int | None = None
     batch_size: int | None = None
@@ -52,6 +53,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto, ddp or fsdp (Lightning's); several processes share each --batch-size
     num_nodes: int = 1
     channels_last: bool | None = None
+    compile: bool = False  # torch.compile the network (tasks/base_module.py)
     progress: bool = True
     resume: bool = False
 
@@ -87,7 +89,7 @@ RULES: dict[str, tuple[Any, str]] = {
                 "auto, a number of devices >= 1, or a list of device indices like 0,1"),
     "strategy": (lambda v: v in STRATEGIES, "one of " + ", ".join(STRATEGIES)),
     "num_nodes": _positive,
-    "augment": (lambda v: v in ("auto", "none", "light", "strong"), "one of auto, none, light, strong"),
+    "augment": (lambda v: v in ("auto", "none", "light", "strong", "speed"), "one of auto, none, light, strong, speed (classify)"),
     "label_smoothing": _fraction,
     "unfreeze_at": (lambda v: v >= 1, "an epoch number >= 1 (epochs count from 0)"),
     "backbone_lr_mult": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0, e.g. 0.1"),
@@ -101,6 +103,7 @@ RULES: dict[str, tuple[Any, str]] = {
 # Choices that depend on the task: config class name -> field -> allowed values.
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "TrainConfig": {"optimizer": ("adamw", "sgd"), "schedule": ("onecycle", "cosine", "none")},
+    "ClassifyConfig": {"recipe": ("default", "speed")},
     "GenerateConfig": {"optimizer": ("auto", "adam", "adamw"), "schedule": ("auto", "onecycle", "cosine", "none"),
                        "sampler": ("ddim", "dpm++")},
 }
@@ -223,6 +226,7 @@ def format_budget(seconds: float | None) -> str:
 class ClassifyConfig(TrainConfig):
     """A classification training run."""
 
+    recipe: str = "default"  # default, or speed (tasks/classify/speed.py)
     skip_bad_images: bool = False
     label_smoothing: float = 0.1
     synthetic: str | None = None
@@ -287,8 +291,13 @@ OPTION_HELP: dict[str, str] = {
     "val_fraction": "fraction held out for validation when the data has no val split",
     "test_fraction": "fraction held out for testing when the data has no test split",
     "limit": "use at most this many training images",
+    "cache": "folder:PATH data: decode the images once (in worker processes) into a uint8 file in a "
+             ".recogen-cache folder beside PATH (or in ~/.cache/recogen if that is read-only), which later runs "
+             "memory-map: no decoding, and data larger than memory trains through the OS page cache; rebuilt when "
+             "files change",
     "skip_bad_images": "skip unreadable images (with a warning and a count) instead of stopping",
-    "augment": "augmentation preset: none, light, strong or auto",
+    "augment": "augmentation preset: none, light, strong or auto; classify also speed (the speed recipe's "
+               "integer shifts and alternating flips)",
     "epochs": "training epochs (default: chosen for the data size)",
     "batch_size": "global batch size: with several processes (--devices N, --num-nodes M) each process takes "
                   "batch/(N*M) images of every batch, so a run trains the same batches at any process count "
@@ -297,6 +306,9 @@ OPTION_HELP: dict[str, str] = {
     "optimizer": "adamw or sgd",
     "weight_decay": "weight decay",
     "label_smoothing": "label smoothing of the cross-entropy loss",
+    "recipe": "default (the data-aware recipe) or speed (the CIFAR-10 speed-run recipe: speednet with a data-whitened "
+              "first layer, SGD Nesterov, label smoothing 0.2, lookahead, shifts and alternating flips, flip TTA); "
+              "options given override it, except an optimiser, weight decay or label smoothing equal to its default",
     "schedule": "learning-rate schedule: onecycle, cosine or none",
     "patience": "stop early after this many epochs without a better validation score (default: on with a budget)",
     "budget": "wall-clock budget of the run, e.g. 90s, 5m, 1h30m, or none; the epochs and LR schedule are planned "
@@ -308,7 +320,11 @@ OPTION_HELP: dict[str, str] = {
     "strategy": "how several processes train: auto, ddp (DistributedDataParallel) or fsdp (fully sharded, GPUs "
                 "only); only global rank 0 writes the run folder",
     "num_nodes": "number of machines (nodes) of a multi-node run (torchrun or SLURM's srun starts them)",
-    "channels_last": "use channels-last memory format (default: on for CNNs)",
+    "channels_last": "channels-last memory format for the network and its input batches (default: on for the CNN "
+                     "classifiers, the segmenters, dcgan and vae; off for vit/cnn-rnn, the detectors and ddpm)",
+    "compile": "compile the network with torch.compile (classify, segment, generate; not detect): slower first "
+               "steps, then faster ones on a GPU (on a CPU it needs a C++ compiler); the saved weights and "
+               "checkpoints are the same files as without",
     "progress": "show the progress bar",
     "synthetic": "RUN:N adds N images per class from a class-conditional `generate` run to the training split",
     "resume": "continue the run in --out from its last checkpoint",

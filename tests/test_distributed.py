@@ -37,13 +37,13 @@ WEIGHT_ATOL = 2e-5
 METRIC_ATOL = 1e-5
 
 # Installed in every process of a run through PYTHONPATH: logs each write-like operation under WATCH,
-# tagged with the process's LOCAL_RANK at start-up (Lightning's launcher starts the second process with
-# LOCAL_RANK=1; the first has none yet).
+# tagged with the process's LOCAL_RANK (or SLURM_LOCALID) at start-up (Lightning's launcher starts the
+# second process with LOCAL_RANK=1; the first has none yet; torchrun and srun give every process its own).
 SITECUSTOMIZE = textwrap.dedent('''
     import os, sys
     _watch = os.environ.get("RECOGEN_TEST_WATCH")
     if _watch:
-        _rank = os.environ.get("LOCAL_RANK", "0")
+        _rank = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or "0"
         _fd = os.open(os.path.join(os.environ["RECOGEN_TEST_WRITES"], f"rank{_rank}.{os.getpid()}.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         _W = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -70,16 +70,18 @@ SITECUSTOMIZE = textwrap.dedent('''
 ''')
 
 
-def _start(tmp: Path, name: str, *extra: str, args: list[str] = ARGS) -> subprocess.Popen:
+def _start(tmp: Path, name: str, *extra: str, args: list[str] = ARGS, launcher: list[str] | None = None,
+           env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     """Start recogen with args + extra into tmp/name (its own session: a kill reaches every process),
-    each process logging its writes into tmp/writes-name."""
+    each process logging its writes into tmp/writes-name. ``launcher``: what starts recogen instead of
+    ``python -m recogen`` (torchrun's command line, ending before the module)."""
     hooks, writes = tmp / "hooks", tmp / f"writes-{name}"
     hooks.mkdir(exist_ok=True)
     writes.mkdir(exist_ok=True)
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "RECOGEN_TEST_WATCH": str(tmp), "RECOGEN_TEST_WRITES": str(writes), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "recogen", *args, *extra, "--out", str(tmp / name)], cwd=tmp,
+           "RECOGEN_TEST_WATCH": str(tmp), "RECOGEN_TEST_WRITES": str(writes), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([*(launcher or [sys.executable]), "-m", "recogen", *args, *extra, "--out", str(tmp / name)], cwd=tmp,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -128,11 +130,16 @@ def _files(run: Path) -> list[str]:
     return sorted(set(names))
 
 
+@pytest.fixture(scope="module")
+def one(tmp_path_factory) -> Path:
+    """The 1-process classify run (ARGS) every launch of 2 processes is compared with: trained once."""
+    return _train(tmp_path_factory.mktemp("one-process"), "one", "--devices", "1")[0]
+
+
 @pytest.mark.slow
-def test_two_processes_killed_and_resumed_train_what_one_trains_and_only_rank_zero_writes(tmp_path):
+def test_two_processes_killed_and_resumed_train_what_one_trains_and_only_rank_zero_writes(tmp_path, one):
     from safetensors.torch import load_file
 
-    one, w1 = _train(tmp_path, "one", "--devices", "1")
     # The 2-process run is killed (every process, SIGKILL) after its first epoch and resumed: it must still
     # end as the uninterrupted 1-process run ends.
     two = _train_killed_and_resumed(tmp_path, "two", "--devices", "2", "--strategy", "ddp")
@@ -159,6 +166,44 @@ def test_two_processes_killed_and_resumed_train_what_one_trains_and_only_rank_ze
     assert abs(m1["accuracy"] - m2["accuracy"]) < METRIC_ATOL, (m1["accuracy"], m2["accuracy"])
     saved = (two / "config.yaml").read_text()
     assert "strategy: ddp" in saved and "devices: '2'" in saved, saved
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", ["torchrun", "slurm"])
+def test_torchrun_and_slurm_launches_train_what_one_process_trains(tmp_path, launch, one):
+    """The README's other two launches. torchrun starts both processes itself; SLURM is emulated: two
+    processes started as srun starts them (SLURM_PROCID/LOCALID/NTASKS, a job name, MASTER_ADDR/PORT),
+    which Lightning's SLURMEnvironment detects (no SLURM on this machine: the variables are what srun sets)."""
+    from safetensors.torch import load_file
+
+    two = ["--devices", "2", "--strategy", "ddp"]
+    if launch == "torchrun":
+        bin_dir = Path(sys.executable).parent
+        torchrun = [str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--master-port", str(_free_port())]
+        _finish(_start(tmp_path, "two", *two, launcher=torchrun))
+    else:
+        port, procs = str(_free_port()), []
+        for rank in (0, 1):
+            slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": str(rank),
+                     "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_JOB_NAME": "recogen-test",
+                     "SLURM_JOB_ID": "42", "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            procs.append(_start(tmp_path, "two", *two, env_extra=slurm))
+        for p in procs:
+            _finish(p)
+    w2 = _writes(tmp_path, "two")
+    assert set(w2) == {"rank0", "rank1"} and w2["rank1"] == [], w2.get("rank1", [])[:10]
+    assert _files(tmp_path / "two") == _files(one)
+    a, b = load_file(one / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert diff < WEIGHT_ATOL, diff  # the same computation as the direct launch: 2 processes really shared each batch
 
 
 DETECT = ["detect", "train", "--data", "shapes:48", "--image-size", "64", "--model", "fcos-s",

@@ -163,6 +163,7 @@ FAMILY_CASES = [  # model, kwargs (tiny where the builder allows), image size, e
     # Register tokens and a 6x6 grid (48 px, 8 px patches): the reshape reads both from the model.
     ("vit-tiny", {"depth": 1, "reg_tokens": 4}, 48, "blocks.0.norm1"),
     ("cnn-rnn", {}, 32, "features.6"),
+    ("speednet", {"width": 8}, 32, "features.4.6"),
 ]
 
 

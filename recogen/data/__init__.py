@@ -14,7 +14,7 @@ from .base import DataOptions, ImageSet, ImageSplits
 DATASETS: Registry = Registry("data set", error=DataError)
 
 # Modules holding the builders; imported on first use so `recogen --help` stays fast.
-_BUILDER_MODULES = ("digits", "mnist5k", "real_images", "shapes", "torchvision_sets", "folder")
+_BUILDER_MODULES = ("digits", "mnist5k", "real_images", "shapes", "torchvision_sets", "folder_set")
 
 
 def _load_builders() -> None:
@@ -33,7 +33,11 @@ def create_dataset(spec: str, opts: DataOptions | None = None) -> ImageSplits:
     _load_builders()
     name, arg = parse_spec(spec)
     entry = DATASETS.get(name)
-    return entry.fn(arg, opts or DataOptions())
+    opts = opts or DataOptions()
+    splits = entry.fn(arg, opts)
+    if opts.cache and name != "folder":
+        splits.notes.append(f"--cache is ignored: it caches folder:PATH images, and {name} is held in memory")
+    return splits
 
 
 def list_datasets() -> list[tuple[str, str]]:

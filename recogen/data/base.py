@@ -38,6 +38,25 @@ class ImageSet:
         return ImageSet(self.images[idx_t], self.labels[idx_t], paths)
 
 
+MEAN_STD_IN_ONE = 2**28  # uint8 values mean_std converts to float in one piece (1 GB as float32)
+
+
+def _mean_std_in_slices(images: torch.Tensor, values_per_slice: int = 2**24) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std in [0, 1] of a uint8 (N, C, H, W) tensor, float64 sums by row slices."""
+    n_ch = images.shape[1]
+    step = max(1, values_per_slice // max(1, images[0].numel()))
+    s = torch.zeros(n_ch, dtype=torch.float64)
+    sq = torch.zeros(n_ch, dtype=torch.float64)
+    for a in range(0, len(images), step):
+        x = images[a : a + step].to(torch.float64).div_(255)
+        s += x.sum(dim=(0, 2, 3))
+        sq += x.square_().sum(dim=(0, 2, 3))
+    n = images.numel() // n_ch
+    mean = s / n
+    std = ((sq - n * mean.square()) / max(1, n - 1)).clamp_min(0).sqrt().clamp_min(1e-3)
+    return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+
+
 class SplitsBase:
     """What every train/val/test split container offers (classification and dense data alike)."""
 
@@ -60,11 +79,23 @@ class SplitsBase:
         return s
 
     def mean_std(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean/std of the training images in [0, 1] (stored with the model)."""
-        x = self.train.images.float().div_(255)
-        mean = x.mean(dim=(0, 2, 3))
-        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-        return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+        """Per-channel mean/std of the training images in [0, 1] (stored with the model).
+
+        A training split of more than :data:`MEAN_STD_IN_ONE` values (a memory-mapped ``--cache``, or any
+        large set) is summed in float64 slices of rows instead of as one float copy (4x its size), once:
+        the result is kept for the same tensor."""
+        images = self.train.images
+        if images.numel() <= MEAN_STD_IN_ONE:
+            x = images.float().div_(255)
+            mean = x.mean(dim=(0, 2, 3))
+            std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+            return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+        key = (images.data_ptr(), tuple(images.shape))
+        memo = self.__dict__.get("_mean_std")
+        if memo is None or memo[0] != key:
+            memo = (key, _mean_std_in_slices(images))
+            self.__dict__["_mean_std"] = memo
+        return memo[1]
 
 
 @dataclass
@@ -93,6 +124,8 @@ class DataOptions:
     test_fraction: float = 0.15
     skip_bad_images: bool = False
     limit: int | None = None  # cap on training images (quick experiments)
+    cache: bool = False  # folder: decode once into a memory-mapped uint8 file beside the data (data/cache.py)
+    workers: int | None = None  # folder: processes decoding files (None: data.folder.decode_workers' default)
 
 
 def stratified_split(

@@ -100,4 +100,8 @@ def create_dense_dataset(spec: str, opts: DataOptions | None = None) -> DenseSpl
 
     _load_builders()
     name, arg = parse_spec(spec)
-    return DENSE_DATASETS.get(name).fn(arg, opts or DataOptions())
+    opts = opts or DataOptions()
+    splits = DENSE_DATASETS.get(name).fn(arg, opts)
+    if opts.cache:
+        splits.notes.append("--cache is ignored: only folder:PATH data sets of classify and generate are cached")
+    return splits

@@ -31,7 +31,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelError(f"{p} does not hold a state dict of tensors")
-    return sd
+    return strip_compiled_prefix(sd)
+
+
+def strip_compiled_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without torch.compile's ``_orig_mod.`` (a state dict saved from ``torch.compile(model)``, e.g.
+    by another tool: recogen's ``--compile`` compiles in place and saves the plain keys)."""
+    if not any("_orig_mod." in k for k in sd):
+        return sd
+    return {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
 
 
 def load_weights_into(model: nn.Module, path: str | Path) -> None:

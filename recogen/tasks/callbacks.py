@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,46 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
     class FiniteLoss(pl.Callback):
         """Stop at the first step whose loss is NaN or infinite, before any checkpoint holds the broken
         weights: last.ckpt keeps the previous epoch. (EarlyStopping's check_finite only sees the monitored
-        validation metric, once per epoch, and lets that epoch's checkpoints be written.)"""
+        validation metric, once per epoch, and lets that epoch's checkpoints be written.)
+
+        Reading a value on the host waits for the device: on a GPU that is done every
+        :data:`FINITE_CHECK_EVERY` steps and at each epoch's last step (before its checkpoints), not
+        every step; the first bad step is recorded on the device meanwhile, so the message names it
+        exactly. On a CPU, where reading costs nothing, every step is checked."""
+
+        def on_train_epoch_start(self, trainer, module):
+            self.pending = None  # accelerator: (steps taken, first bad one or -1, its loss) on the device
+            self.global_steps: list[int] = []  # trainer.global_step after each batch of this epoch
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            if isinstance(loss, torch.Tensor) and not _all_finite(trainer, loss.detach()):
-                raise LossNotFinite(_nonfinite_message(run, "loss", float(loss.detach().float().sum()),
-                                                       f"at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, "
-                                                       f"batch {batch_idx + 1})"))
+            if not isinstance(loss, torch.Tensor):
+                return
+            loss = loss.detach()
+            if _reading_is_free(loss.device):
+                if not _all_finite(trainer, loss):
+                    self._stop(trainer, trainer.global_step, batch_idx, float(loss.float().sum()))
+                return
+            # On the device, without waiting for it: count the steps, keep the first bad one and its loss.
+            loss = loss.float().sum()
+            if getattr(self, "pending", None) is None:
+                self.pending = (torch.zeros((), device=loss.device), torch.full((), -1.0, device=loss.device),
+                                torch.zeros((), device=loss.device))
+                self.global_steps = []
+            count, first, first_loss = self.pending
+            count += 1
+            new = ~torch.isfinite(loss) & (first < 0)
+            self.pending = (count, torch.where(new, count, first), torch.where(new, loss, first_loss))
+            self.global_steps.append(trainer.global_step)
+            last = batch_idx + 1 == trainer.num_training_batches
+            if (last or len(self.global_steps) % FINITE_CHECK_EVERY == 0) and not _all_finite(trainer, self.pending[2]):
+                k = int(self.pending[1]) - 1  # this epoch's batch with the first bad loss
+                self._stop(trainer, self.global_steps[k], batch_idx - (len(self.global_steps) - 1 - k),
+                           float(self.pending[2]))
+
+        def _stop(self, trainer, step: int, batch_idx: int, value: float):
+            raise LossNotFinite(_nonfinite_message(run, "loss", value, f"at step {step} (epoch {trainer.current_epoch + 1}, "
+                                                                       f"batch {batch_idx + 1})"))
 
         def on_train_epoch_end(self, trainer, module):
             # The epoch's losses (validation, and those of manual-optimisation steps, e.g. a GAN's), before
@@ -127,10 +160,21 @@ def _callbacks(run: Path, cfg: TrainConfig, monitor: str, mode: str):
     return cbs
 
 
+# On a GPU, how many training steps may pass between two finite-loss checks (each waits for the device).
+FINITE_CHECK_EVERY = 32
+
+
+def _reading_is_free(device: torch.device) -> bool:
+    """Whether reading a tensor of ``device`` on the host costs no wait (a CPU's: it is computed already)."""
+    return device.type == "cpu"
+
+
 def _all_finite(trainer, value: torch.Tensor) -> bool:
     """Whether ``value`` is finite in every process of the run: each process sees only its own share of a
     batch, and all must stop together (one that raised alone would leave the others waiting)."""
-    finite = bool(torch.isfinite(value).all())
+    # One number on a CPU: read it (one call, no tensor ops); else one reduction and one read.
+    finite = math.isfinite(value.item()) if value.numel() == 1 and value.device.type == "cpu" else \
+        bool(torch.isfinite(value).all())
     if trainer.world_size > 1:
         finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
     return finite
@@ -214,16 +258,51 @@ def _atomic_checkpoint_io():
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
     class AtomicCheckpointIO(TorchCheckpointIO):
-        """Write each checkpoint to a temporary file and rename it: an interrupted save keeps the old one."""
+        """Write each checkpoint to a temporary file and rename it: an interrupted save keeps the old one.
+
+        An epoch that improves writes best.ckpt and last.ckpt, which then usually hold the same
+        checkpoint: the second is a copy of the first file's bytes (what torch.save would write again,
+        at a fraction of its cost) whenever its content is the first's, tensor for tensor."""
+
+        def __init__(self):
+            super().__init__()
+            self.previous: tuple[Any, Path] | None = None  # (checkpoint, file) of the last save
 
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+            import shutil
+
+            prev = self.previous
+            if prev is not None and prev[1] != Path(path) and prev[1].is_file() and _same_content(prev[0], checkpoint):
+                atomic_write(Path(path), lambda tmp: shutil.copyfile(prev[1], tmp))
+            else:
+                atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+            self.previous = (checkpoint, Path(path))
 
         def load_checkpoint(self, path, map_location=None, weights_only=None):
             # Always weights_only=True (explicitly, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot undo it).
             return load_checkpoint(Path(path))
 
     return AtomicCheckpointIO()
+
+
+def _same_content(a: Any, b: Any) -> bool:
+    """Whether checkpoints ``a`` and ``b`` serialise to the same bytes: the same keys in the same order,
+    equal plain values, and tensors that are views of the same storage (same place, shape, strides,
+    dtype) not modified in between (same version counter). Anything else counts as different."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a is b or (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+                          and a.stride() == b.stride() and a.storage_offset() == b.storage_offset()
+                          and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+                          and a._version == b._version and a.requires_grad == b.requires_grad)
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same_content(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_content(x, y) for x, y in zip(a, b))
+    if isinstance(a, (str, bytes, int, float, bool, type(None))):
+        return a == b
+    return False  # any other object: serialised again
 
 
 def _budget_callbacks(cfg: TrainConfig, run: Path, t_start: float | None, reserve: tuple[float, float]):

@@ -37,6 +37,9 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
     if not lead:
         logging.getLogger("recogen").setLevel(logging.WARNING)
     cfg, run, ckpt = runs.prepare_run(task.config, task.name, runs.make_config(task.config, config, options))
+    if cfg.resume and "compile" in options:  # how to run, not what to train: --resume takes it from the command
+        cfg = dataclasses.replace(cfg, compile=bool(options["compile"]))
+    trainer.check_compile(cfg, task.name)  # --compile where torch.compile cannot work: one line, before any data loads
     if cfg.model != "auto":  # a model of another task (tv:resnet18 to detect) is one line, before any data loads
         from ..models import check_model_task
 
@@ -80,7 +83,10 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
     if not fitter.is_global_zero:
         return run
     runs.load_best(module, run)
-    model = module.model.to(memory_format=torch.contiguous_format).cpu().eval()
+    from .base_module import uncompile
+
+    # Evaluation and sampling run the network eagerly (--compile would compile again for eval mode).
+    model = uncompile(module.model).to(memory_format=torch.contiguous_format).cpu().eval()
     card = save_portable(run, model, task.card(cfg, model, splits))
     train_s = time.perf_counter() - t0
     summary = task.finish(model, card, splits, run, cfg)

@@ -203,6 +203,15 @@ class Task:
         where tasks that draw their results save them (the ``--save`` flag)."""
         return self.load(run, device, backend).predict([str(f) for f in files], **kw)
 
+    def predict_stream(self, run: str | Path, inputs: Iterable[str | Path], out: str | Path, **kw: Any) -> dict[str, Any] | None:
+        """Predict image files and folders of any size into the JSON-lines file ``out`` (the CLI's
+        ``predict --out``): DataLoader workers decode, Lightning runs the batches (``devices`` processes),
+        one line per image is written as it comes, and a stopped run resumes. Needs the predictor's
+        ``stream_batch`` hook; see :mod:`recogen.tasks.stream` for the options and the summary it returns."""
+        from .stream import predict_stream
+
+        return predict_stream(self, run, inputs, out, **kw)
+
     def format_lines(self, r: dict[str, Any]) -> list[str]:
         """What ``predict`` prints for one result."""
         return [f"{r.get('path', 'image')}: {r}"]

@@ -60,6 +60,12 @@ class ClassifyTask(Task):
         return splits
 
     def resolve_defaults(self, cfg, splits):
+        # --recipe picks the module that fills the "auto" options: default (recipe.py) or speed (speed.py,
+        # which builds on recipe.py's budget and checks)
+        if cfg.recipe == "speed":
+            from .speed import resolve_speed
+
+            return resolve_speed(cfg, splits)
         from .recipe import resolve_defaults
 
         return resolve_defaults(cfg, splits)
@@ -72,7 +78,10 @@ class ClassifyTask(Task):
 
     def card(self, cfg, model, splits):
         mean, std = self.normalization(cfg, splits)  # predict and serve normalise as training did
-        return {**super().card(cfg, model, splits), "normalize": {"mean": mean, "std": std}, "hflip_ok": splits.hflip_ok}
+        from .speed import tta_mode  # test-time augmentation: eval, predict and serve apply it (predict.py)
+
+        return {**super().card(cfg, model, splits), "normalize": {"mean": mean, "std": std}, "hflip_ok": splits.hflip_ok,
+                "tta": tta_mode(cfg, splits.hflip_ok)}
 
     def evaluate_model(self, model, card, ds, run, split, data, has_test=None):
         from .predict import evaluate_model

@@ -19,14 +19,18 @@ from ..skeleton import write_metrics
 
 @torch.inference_mode()
 def predict_probs(model: nn.Module, card: dict[str, Any], images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Class probabilities for a uint8 batch already at the model's size and channels."""
+    """Class probabilities for a uint8 batch already at the model's size and channels; with the card's
+    ``tta: hflip`` (``--recipe speed``), of the mean logits of each image and its mirror image."""
+    from .speed import tta_logits
+
     mean = torch.tensor(card["normalize"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(card["normalize"]["std"]).view(1, -1, 1, 1)
     dev = next(model.parameters()).device
+    tta = card.get("tta", "none")
     out = []
     for i in range(0, len(images), batch_size):
         x = (images[i : i + batch_size].float().div_(255) - mean) / std
-        out.append(model(x.to(dev)).float().softmax(1).cpu())
+        out.append(tta_logits(model, x.to(dev), tta).float().softmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, len(card["classes"]))
 
 
@@ -75,14 +79,21 @@ class Classifier(Predictor):
 
         Each image may be a path, bytes, a PIL image or a uint8 numpy array.
         """
+        k = self._k(topk)
+        return self.each(images, lambda srcs: self._results(self.preprocess(srcs), k))
+
+    def stream_batch(self, batch: dict[str, Any], out_dir=None, topk: int = 5) -> list[dict[str, Any]]:
+        """``predict``'s results (without "path") of a batch the streaming path (``tasks/stream.py``) decoded
+        in its DataLoader workers: ``batch["x"]`` is uint8 (B, C, S, S) at the model's input. Nothing is saved."""
+        return self._results(batch["x"], self._k(topk))
+
+    def _k(self, topk) -> int:
         if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
             raise ConfigError(f"bad topk {topk!r}: it must be a whole number >= 1 (how many labels to show)")
-        k = max(1, min(topk, len(self.classes)))
+        return max(1, min(topk, len(self.classes)))
 
-        def batch(srcs: list) -> list[dict[str, Any]]:
-            top_p, top_i = predict_probs(self.model, self.card, self.preprocess(srcs)).topk(k, dim=1)
-            return [{"label": self.classes[ix[0]], "index": ix[0], "prob": ps[0],
-                     "topk": [{"label": self.classes[i], "index": i, "prob": p} for p, i in zip(ps, ix)]}
-                    for ps, ix in zip(top_p.tolist(), top_i.tolist())]
-
-        return self.each(images, batch)
+    def _results(self, x: torch.Tensor, k: int) -> list[dict[str, Any]]:
+        top_p, top_i = predict_probs(self.model, self.card, x).topk(k, dim=1)
+        return [{"label": self.classes[ix[0]], "index": ix[0], "prob": ps[0],
+                 "topk": [{"label": self.classes[i], "index": i, "prob": p} for p, i in zip(ps, ix)]}
+                for ps, ix in zip(top_p.tolist(), top_i.tolist())]

@@ -50,33 +50,64 @@ class Detector(Predictor):
         threshold, ``iou`` the class-wise NMS threshold, ``max_det`` the most boxes per image
         (defaults: the model card's, 0.25 / 0.45 / 100).
         """
+        conf, iou, max_det = self._settings(conf, iou, max_det)
+
+        def chunk(srcs: list) -> list[dict[str, Any]]:
+            pre = [self.preprocess(src) for src in srcs]
+            return self._results(torch.stack([x for x, _ in pre]), [hw for _, hw in pre], conf, iou, max_det)
+
+        return self.each(images, lambda srcs: [r for i in range(0, len(srcs), batch_size)
+                                               for r in chunk(srcs[i : i + batch_size])])
+
+    def stream_batch(self, batch: dict[str, Any], out_dir: str | Path | None = None, conf: float | None = None,
+                     iou: float | None = None, max_det: int | None = None) -> list[dict[str, Any]]:
+        """``predict``'s results (without "path") of a batch the streaming path (``tasks/stream.py``) decoded in
+        its DataLoader workers: ``batch["x"]`` uint8 (B, 3, S, S), ``batch["size"]`` (B, 2) original (H, W).
+        With ``out_dir`` each image is saved there with its boxes drawn, as ``batch["name"]`` + ".png"."""
+        results = self._results(batch["x"], [tuple(hw) for hw in batch["size"].tolist()],
+                                *self._settings(conf, iou, max_det))
+        if out_dir is not None:
+            for r, path, name in zip(results, batch["path"], batch["name"]):
+                r["saved"] = save_drawn(path, r["detections"], Path(out_dir) / f"{name}.png")
+        return results
+
+    def _settings(self, conf, iou, max_det) -> tuple[float, float, int]:
         d = {**PREDICT_DEFAULTS, **self.card.get("predict", {})}
         conf = d["conf"] if conf is None else conf
         iou = d["iou"] if iou is None else iou
         max_det = d["max_det"] if max_det is None else max_det
         if not (0 <= conf <= 1 and 0 < iou <= 1 and max_det >= 1):
             raise ConfigError(f"need 0 <= conf <= 1, 0 < iou <= 1 and max_det >= 1; got {conf}, {iou}, {max_det}")
+        return conf, iou, max_det
+
+    def _results(self, x: torch.Tensor, sizes: list[tuple[int, int]], conf: float, iou: float,
+                 max_det: int) -> list[dict[str, Any]]:
+        """Results of a uint8 batch at the model's input whose images were ``sizes`` (H, W) originally."""
         size = self.card["image_size"]
+        # The model's own threshold and NMS run with the same values; keep_detections repeats them so
+        # the rule is explicit and the same for every architecture. Its own cap is loose so that
+        # nothing is cut before NMS has run.
+        with postprocess(self.model, conf, iou, max(max_det, 300)):
+            raw = detect_batch(self.model, x)
+        out = []
+        for (h, w), r in zip(sizes, raw):
+            # Back to the original image: the model saw it squashed to size x size.
+            boxes = (r["boxes"] * torch.tensor([w / size, h / size, w / size, h / size])).clamp_min(0)
+            boxes[:, 0::2] = boxes[:, 0::2].clamp_max(w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp_max(h)
+            out.append({"size": [h, w], "detections": keep_detections({**r, "boxes": boxes}, conf, iou, max_det,
+                                                                       self.classes)})
+        return out
 
-        def chunk(srcs: list) -> list[dict[str, Any]]:
-            pre = [self.preprocess(src) for src in srcs]
-            # The model's own threshold and NMS run with the same values; keep_detections repeats them so
-            # the rule is explicit and the same for every architecture. Its own cap is loose so that
-            # nothing is cut before NMS has run.
-            with postprocess(self.model, conf, iou, max(max_det, 300)):
-                raw = detect_batch(self.model, torch.stack([x for x, _ in pre]))
-            out = []
-            for (_, (h, w)), r in zip(pre, raw):
-                # Back to the original image: the model saw it squashed to size x size.
-                boxes = (r["boxes"] * torch.tensor([w / size, h / size, w / size, h / size])).clamp_min(0)
-                boxes[:, 0::2] = boxes[:, 0::2].clamp_max(w)
-                boxes[:, 1::2] = boxes[:, 1::2].clamp_max(h)
-                out.append({"size": [h, w], "detections": keep_detections({**r, "boxes": boxes}, conf, iou, max_det,
-                                                                           self.classes)})
-            return out
 
-        return self.each(images, lambda srcs: [r for i in range(0, len(srcs), batch_size)
-                                               for r in chunk(srcs[i : i + batch_size])])
+def save_drawn(path: str | Path, detections: list[dict[str, Any]], out: Path) -> str:
+    """Write the image at ``path`` with ``detections`` drawn as the PNG ``out``; returns its path."""
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from ...plots import draw_detections
+
+    img = pil_to_tensor(open_image(path).convert("RGB"))
+    return str(write_png(draw_detections(img, detections, min_side=0), out))
 
 
 def format_prediction(r: dict[str, Any]) -> str:
@@ -91,19 +122,14 @@ def predict_files(det: Detector, files: Iterable[str | Path], out_dir: str | Pat
     saved there with its boxes drawn (``saved`` in its result)."""
     results = det.predict(expand_inputs(files), conf=conf, iou=iou, max_det=max_det)
     if out_dir is not None:
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        from ...plots import draw_detections
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
         for r in results:
-            img = pil_to_tensor(open_image(r["path"]).convert("RGB"))
             stem, k = Path(r["path"]).stem, 2
             name = f"{stem}.png"
             while name in used:  # same file name from two folders
                 name, k = f"{stem}_{k}.png", k + 1
             used.add(name)
-            r["saved"] = str(write_png(draw_detections(img, r["detections"], min_side=0), out / name))
+            r["saved"] = save_drawn(r["path"], r["detections"], out / name)
     return results

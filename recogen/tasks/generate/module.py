@@ -11,14 +11,13 @@ import math
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from ...config import GenerateConfig
 from ...data.transforms import BatchAugment, get_preset
 from ...errors import ConfigError
 from ...models.generators.base import sample_uint8
 from ..base_module import TaskModule
-from ..trainer import make_scheduler
+from ..trainer import make_scheduler, optimizer_impl
 from .sampling import default_labels, grid_nrow, make_grid
 
 MAX_PREVIEWS = 100  # TensorBoard sample grids per run
@@ -26,11 +25,12 @@ PROGRESS_KEYS = ("loss", "d_loss", "g_loss", "recon")  # shown in the progress b
 
 
 def make_optimizer(cfg: GenerateConfig, params, betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """Adam or AdamW with the family's betas."""
+    """Adam or AdamW with the family's betas (fused where the device has the kernel: trainer.optimizer_impl)."""
+    params = list(params)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **optimizer_impl(params))
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **optimizer_impl(params))
     raise ConfigError(f"unknown --optimizer {cfg.optimizer!r} for generation; choose adam or adamw")
 
 
@@ -49,21 +49,26 @@ class GenerativeModule(TaskModule):
             self.single_process_only = "a GAN (its optimisers take turns, which DDP does not follow yet)"
         preset = get_preset(cfg.augment)
         self.augment = None if preset.is_identity else BatchAugment(preset, hflip_ok)
-        # The names logged this epoch: a GAN with several critic steps per generator step may have an
-        # epoch without a generator step, which then logs no g_loss.
-        self._logged: set[str] = set()
 
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()  # re-seeds: noise, timesteps and latents do not depend on a resume
-        for mean in self.train_losses.values():
-            mean.reset()
-        self._logged = set()
+    # The base class re-seeds each epoch (noise, timesteps and latents do not depend on a resume) and
+    # starts the epoch means afresh: a GAN with several critic steps per generator step may have an
+    # epoch without a generator step, which then logs no g_loss.
+
+    def compile_targets(self):
+        # The phases call the model's networks (generator, discriminator, encoder, UNet...), not the
+        # model: compile those; not the EMA copies (they only sample, after training).
+        from torch.optim.swa_utils import AveragedModel
+
+        return [m for m in self.model.children() if isinstance(m, nn.Module) and not isinstance(m, AveragedModel)
+                and any(True for _ in m.children()) and any(p.requires_grad for p in m.parameters())]
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         x, y = batch
         x = x.float().div_(255)
         if self.trainer.training and self.augment is not None:
             x = self.augment(x)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
     def training_step(self, batch, batch_idx):
@@ -82,18 +87,13 @@ class GenerativeModule(TaskModule):
                 self.untoggle_optimizer(opt)
             self.model.after_step(phase)
             for k, v in logs.items():  # unweighted means of the phases' values; NaN stays NaN (a diverging run)
-                if k not in self.train_losses:
-                    self.train_losses[k] = MeanMetric(nan_strategy="disable").to(self.device)
-                self.train_losses[k].update(v.float())
-                self._logged.add(k)
+                self.train_losses.add(k, v)
         scheds = self.lr_schedulers()
         for s in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
             s.step()
         if batch_idx + 1 == self.trainer.num_training_batches:
             # Logged once per epoch, from the last step (per-step logging costs ~5% of the training time on a CPU).
-            for k in [k for k in self.train_losses if k in self._logged]:
-                self.log(k, self.train_losses[k], on_step=False, on_epoch=True, prog_bar=k in PROGRESS_KEYS,
-                         metric_attribute=f"train_losses.{k}")
+            self.log_epoch_means(lambda k: k in PROGRESS_KEYS)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

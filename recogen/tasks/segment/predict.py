@@ -70,14 +70,42 @@ class Segmenter(Predictor):
                 # One image at a time: logits at the original size (K x H x W floats) can be large.
                 logits = predict_logits(self.model, self.card, self.preprocess(img), out_size=(img.height, img.width))
                 mask = logits[0].argmax(0).to(torch.uint8).numpy()
-                counts = np.bincount(mask.ravel(), minlength=len(self.classes))
-                out.append({"size": [img.height, img.width],
-                            "class_pixels": {self.classes[i]: int(c) for i, c in enumerate(counts) if c},
-                            "mask": mask,
+                out.append({**self._fields(mask), "mask": mask,
                             "overlay": overlay(np.array(img.convert("RGB")), mask, alpha, _background(self.classes))})
             return out
 
         return self.each(images, batch)
+
+    def stream_batch(self, batch: dict[str, Any], out_dir: str | Path | None = None, alpha: float = 0.5) -> list[dict[str, Any]]:
+        """The CLI's results (size, class_pixels; without "path") of a batch the streaming path
+        (``tasks/stream.py``) decoded in its DataLoader workers: ``batch["x"]`` uint8 (B, C, S, S),
+        ``batch["size"]`` (B, 2) original (H, W). The network sees the whole batch; each image's logits are
+        then resized to its own size, as :meth:`predict` does. With ``out_dir`` the mask and overlay PNGs
+        are written there as ``batch["name"]`` + "_mask.png" / "_overlay.png" ("mask_path", "overlay_path")."""
+        mean = torch.tensor(self.card["normalize"]["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(self.card["normalize"]["std"]).view(1, -1, 1, 1)
+        dev = next(self.model.parameters()).device
+        with torch.inference_mode():
+            logits = self.model(((batch["x"].float().div_(255) - mean) / std).to(dev)).float().cpu()
+        out = []
+        for i, (h, w) in enumerate(batch["size"].tolist()):
+            one = logits[i : i + 1]
+            if tuple(one.shape[-2:]) != (h, w):  # as predict_logits resizes
+                one = torch.nn.functional.interpolate(one, size=(h, w), mode="bilinear", align_corners=False)
+            mask = one[0].argmax(0).to(torch.uint8).numpy()
+            item = self._fields(mask)
+            if out_dir is not None:
+                img = np.array(open_image(batch["path"][i]).convert("RGB"))
+                written = save_prediction({"mask": mask, "overlay": overlay(img, mask, alpha, _background(self.classes))},
+                                          None, out_dir, batch["name"][i])
+                item.update(mask_path=written["mask"], overlay_path=written["overlay"])
+            out.append(item)
+        return out
+
+    def _fields(self, mask: np.ndarray) -> dict[str, Any]:
+        """"size" [H, W] and "class_pixels" {class: pixel count} of the classes present in ``mask``."""
+        counts = np.bincount(mask.ravel(), minlength=len(self.classes))
+        return {"size": list(mask.shape), "class_pixels": {self.classes[i]: int(c) for i, c in enumerate(counts) if c}}
 
 
 def save_prediction(result: dict[str, Any], image, out_dir: str | Path, stem: str, alpha: float = 0.5) -> dict[str, str]:

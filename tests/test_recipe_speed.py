@@ -6,7 +6,6 @@ reaches on real digits, and its speed beside a plain loop and ResNet-18: benchma
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 

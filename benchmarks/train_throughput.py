@@ -31,6 +31,7 @@ processes on the machine than the wall clock). The last line of each task reads
 
     python benchmarks/train_throughput.py --task classify|segment|detect|generate|all [--rounds 5]
         [--epochs N] [--precision 32-true] [--plain-fused] [--threads N] [--json FILE] [--quick]
+        [--accelerator cpu|gpu]
 
 ``benchmarks/classify_throughput.py`` is this script's classify row with its own options.
 """
@@ -68,14 +69,24 @@ QUICK: dict[str, dict[str, Any]] = {
 TASK_NAMES = tuple(SETTINGS)
 
 
+DEVICE = torch.device("cpu")  # --accelerator gpu: cuda (both sides; set by main)
+
+
+def dev(t: torch.Tensor) -> torch.Tensor:
+    """A CPU batch on the device, as Lightning moves recogen's batches."""
+    return t.to(DEVICE, non_blocking=True) if DEVICE.type != "cpu" else t
+
+
 class Clock:
-    """Wall and CPU time at each epoch start and at the end of training."""
+    """Wall and CPU time at each epoch start and at the end of training (after the GPU's queued work)."""
 
     def __init__(self):
         self.wall: list[float] = []
         self.cpu: list[float] = []
 
     def tick(self) -> None:
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
 
@@ -127,9 +138,9 @@ def autocast(cfg):
     import contextlib
 
     if cfg.precision in ("bf16-mixed", "bf16"):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(DEVICE.type, dtype=torch.bfloat16)
     if cfg.precision not in ("32-true", "32"):
-        raise SystemExit(f"this benchmark runs fp32 or bf16-mixed on a CPU, not {cfg.precision}")
+        raise SystemExit(f"this benchmark runs fp32 or bf16-mixed, not {cfg.precision}")
     return contextlib.nullcontext()
 
 
@@ -142,22 +153,22 @@ def batches(n: int, batch_size: int):
 
 # ------------------------------------------------------------------------------ the plain loops
 def plain_classify(cfg, splits, model, clock: Clock, fused: bool) -> None:
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in splits.mean_std())
+    mean, std = (dev(torch.tensor(v).view(1, -1, 1, 1)) for v in splits.mean_std())
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(DEVICE, memory_format=fmt)
     steps = len(splits.train) // cfg.batch_size
     (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], steps * cfg.epochs, fused)
     tr, va = splits.train, splits.val
 
     def prep(x):
-        return ((x.float().div_(255) - mean) / std).contiguous(memory_format=fmt)
+        return ((dev(x).float().div_(255) - mean) / std).contiguous(memory_format=fmt)
 
     for _ in range(cfg.epochs):
         clock.tick()
         model.train()
         for idx in batches(len(tr), cfg.batch_size):
             with autocast(cfg):
-                loss = nn.functional.cross_entropy(model(prep(tr.images[idx])), tr.labels[idx],
+                loss = nn.functional.cross_entropy(model(prep(tr.images[idx])), dev(tr.labels[idx]),
                                                    label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -168,9 +179,10 @@ def plain_classify(cfg, splits, model, clock: Clock, fused: bool) -> None:
         correct = 0
         with torch.inference_mode(), autocast(cfg):
             for i in range(0, len(va), 256):
+                y = dev(va.labels[i:i + 256])
                 logits = model(prep(va.images[i:i + 256]))
-                nn.functional.cross_entropy(logits.float(), va.labels[i:i + 256])
-                correct += int((logits.argmax(1) == va.labels[i:i + 256]).sum())
+                nn.functional.cross_entropy(logits.float(), y)
+                correct += int((logits.argmax(1) == y).sum())
     clock.tick()
 
 
@@ -178,9 +190,9 @@ def plain_segment(cfg, splits, model, clock: Clock, fused: bool) -> None:
     from recogen.data.dense import IGNORE_INDEX
     from recogen.models.segmenters.losses import get_loss
 
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in splits.mean_std())
+    mean, std = (dev(torch.tensor(v).view(1, -1, 1, 1)) for v in splits.mean_std())
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(DEVICE, memory_format=fmt)
     loss_fn = get_loss(cfg.loss)
     steps = len(splits.train) // cfg.batch_size
     (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], steps * cfg.epochs, fused)
@@ -188,24 +200,24 @@ def plain_segment(cfg, splits, model, clock: Clock, fused: bool) -> None:
     k = len(splits.seg_classes)
 
     def prep(x):
-        return ((x.float().div_(255) - mean) / std).contiguous(memory_format=fmt)
+        return ((dev(x).float().div_(255) - mean) / std).contiguous(memory_format=fmt)
 
     for _ in range(cfg.epochs):
         clock.tick()
         model.train()
         for idx in batches(len(tr), cfg.batch_size):
             with autocast(cfg):
-                loss = loss_fn(model(prep(tr.images[idx])).float(), tr.masks[idx].long())
+                loss = loss_fn(model(prep(tr.images[idx])).float(), dev(tr.masks[idx]).long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for s in scheds:
                 s.step()
         model.eval()
-        cm = torch.zeros(k, k, dtype=torch.long)
+        cm = torch.zeros(k, k, dtype=torch.long, device=DEVICE)
         with torch.inference_mode(), autocast(cfg):
             for i in range(0, len(va), max(32, cfg.batch_size)):
-                m = va.masks[i:i + max(32, cfg.batch_size)].long()
+                m = dev(va.masks[i:i + max(32, cfg.batch_size)]).long()
                 logits = model(prep(va.images[i:i + max(32, cfg.batch_size)])).float()
                 nn.functional.cross_entropy(logits, m, ignore_index=IGNORE_INDEX)
                 keep = m != IGNORE_INDEX
@@ -220,16 +232,17 @@ def plain_detect(cfg, splits, model, clock: Clock, fused: bool) -> None:
     from recogen.metrics.detection import MAX_DETECTIONS, mean_average_precision
     from recogen.tasks.detect.outputs import EVAL_SCORE_THRESH, _from_model_outputs, postprocess
 
+    model = model.to(DEVICE)
     steps = len(splits.train) // cfg.batch_size
     (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], steps * cfg.epochs, fused)
     tr, va = splits.train, splits.val
-    metric = mean_average_precision(class_metrics=False)
+    metric = mean_average_precision(class_metrics=False).to(DEVICE)
     for _ in range(cfg.epochs):
         clock.tick()
         model.train()
         for idx in batches(len(tr), cfg.batch_size):
-            images = tr.images[idx].float().div_(255)
-            targets = [{"boxes": tr.boxes[j].float(), "labels": tr.labels[j] + 1} for j in idx.tolist()]
+            images = dev(tr.images[idx]).float().div_(255)
+            targets = [{"boxes": dev(tr.boxes[j]).float(), "labels": dev(tr.labels[j]) + 1} for j in idx.tolist()]
             with autocast(cfg):
                 loss = sum(model(list(images), targets).values())
             opt.zero_grad(set_to_none=True)
@@ -240,9 +253,10 @@ def plain_detect(cfg, splits, model, clock: Clock, fused: bool) -> None:
         model.eval()
         with torch.inference_mode(), autocast(cfg), postprocess(model, EVAL_SCORE_THRESH, max_det=MAX_DETECTIONS):
             for i in range(0, len(va), 32):
-                preds = _from_model_outputs(model(list(va.images[i:i + 32].float().div_(255))))
+                preds = _from_model_outputs(model(list(dev(va.images[i:i + 32]).float().div_(255))))
                 metric.update([{k: v.float() if k != "labels" else v for k, v in p.items()} for p in preds],
-                              [{"boxes": va.boxes[j].float(), "labels": va.labels[j]} for j in range(i, min(i + 32, len(va)))])
+                              [{"boxes": dev(va.boxes[j]).float(), "labels": dev(va.labels[j])}
+                               for j in range(i, min(i + 32, len(va)))])
         float(metric.compute()["map"])
         metric.reset()
     clock.tick()
@@ -250,7 +264,7 @@ def plain_detect(cfg, splits, model, clock: Clock, fused: bool) -> None:
 
 def plain_generate(cfg, splits, model, clock: Clock, fused: bool) -> None:
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(DEVICE, memory_format=fmt)
     names = list(model.param_groups())
     steps = len(splits.train) // cfg.batch_size
     opts, scheds = plain_optimizers(cfg, list(model.param_groups().values()), steps * cfg.epochs, fused,
@@ -260,7 +274,7 @@ def plain_generate(cfg, splits, model, clock: Clock, fused: bool) -> None:
         clock.tick()
         model.train()
         for b, idx in enumerate(batches(len(tr), cfg.batch_size)):
-            x, y = tr.images[idx].float().div_(255).contiguous(memory_format=fmt), tr.labels[idx]
+            x, y = dev(tr.images[idx]).float().div_(255).contiguous(memory_format=fmt), dev(tr.labels[idx])
             for phase in model.phases(b):
                 opt = opts[names.index(phase)]
                 with autocast(cfg):
@@ -274,7 +288,7 @@ def plain_generate(cfg, splits, model, clock: Clock, fused: bool) -> None:
         model.eval()
         with torch.no_grad(), autocast(cfg):
             for i in range(0, len(va), 256):
-                model.val_metrics(va.images[i:i + 256].float().div_(255), va.labels[i:i + 256])
+                model.val_metrics(dev(va.images[i:i + 256]).float().div_(255), dev(va.labels[i:i + 256]))
     clock.tick()
 
 
@@ -315,7 +329,8 @@ def images_per_epoch(task_name: str, options: dict[str, Any]) -> int:
 
 
 def bench(task_name: str, a) -> dict[str, Any]:
-    options = {**(QUICK if a.quick else SETTINGS)[task_name], "augment": "none", "precision": a.precision, "seed": a.seed}
+    options = {**(QUICK if a.quick else SETTINGS)[task_name], "augment": "none", "precision": a.precision, "seed": a.seed,
+               "accelerator": a.accelerator, "devices": "1"}
     if a.epochs:
         options["epochs"] = a.epochs
     for key in ("data", "image_size", "model", "batch_size"):
@@ -374,6 +389,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="recogen progress bar")
     ap.add_argument("--json", default=None, help="write the rounds and medians here")
     ap.add_argument("--quick", action="store_true", help="tiny data and models, to check the script runs")
+    ap.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"),
+                    help="where both sides train (gpu: the first CUDA device, one process)")
     return ap
 
 
@@ -386,8 +403,16 @@ def main(argv: list[str] | None = None, defaults: dict[str, Any] | None = None) 
         ap.error("--data, --image-size, --model and --batch-size apply to one --task")
     if a.threads:
         torch.set_num_threads(a.threads)
+    global DEVICE
+    if a.accelerator == "gpu":
+        if not torch.cuda.is_available():
+            ap.error("--accelerator gpu: no CUDA GPU on this machine")
+        DEVICE = torch.device("cuda", 0)
+    else:
+        DEVICE = torch.device("cpu")
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if DEVICE.type == "cuda" else ""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}{gpu}", flush=True)
     results = [bench(t, a) for t in (TASK_NAMES if a.task == "all" else (a.task,))]
     if len(results) > 1:
         print("summary: " + ", ".join(f"{r['task']} {r['ratio']:.2f}" for r in results))

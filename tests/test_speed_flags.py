@@ -212,11 +212,15 @@ def test_every_recipe_takes_the_automatic_precision(monkeypatch, bf16):
 
 
 # ------------------------------------------------------------------------ per-step costs
-def test_optimisers_are_fused_where_the_device_has_the_kernel():
+def test_optimisers_are_fused_where_the_device_has_the_kernel(monkeypatch):
     from recogen.config import ClassifyConfig, GenerateConfig
     from recogen.tasks.generate.module import make_optimizer
 
     net = torch.nn.Linear(3, 2)
+    # Off by default (torch's own implementation: the suite's seeded thresholds were measured with it)
+    got = trainer.configure_optimizers(ClassifyConfig(optimizer="adamw", lr=1e-3), net.parameters(), 100)
+    assert not got["optimizer"].defaults.get("fused")
+    monkeypatch.setenv("RECOGEN_FUSED_OPTIMIZER", "1")
     for opt in ("adamw", "sgd"):
         got = trainer.configure_optimizers(ClassifyConfig(optimizer=opt, lr=1e-3), net.parameters(), 100)
         assert got["optimizer"].defaults["fused"] is True, opt
@@ -317,7 +321,7 @@ def test_compile_is_refused_for_detection_before_any_data_loads(tmp_path):
     assert not out.exists()
 
 
-def test_an_improving_epoch_writes_its_second_checkpoint_as_a_copy_with_the_same_bytes(tmp_path, monkeypatch):
+def test_an_improving_epoch_writes_its_second_checkpoint_as_a_copy_of_the_same_content(tmp_path, monkeypatch):
     """best.ckpt and last.ckpt of an improving epoch hold the same checkpoint: the second is a copy of the
     first file instead of a second torch.save, and the checkpoints are those two torch.save calls wrote."""
     import shutil

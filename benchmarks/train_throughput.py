@@ -152,30 +152,54 @@ def batches(n: int, batch_size: int):
 
 
 # ------------------------------------------------------------------------------ the plain loops
-def plain_classify(cfg, splits, model, clock: Clock, fused: bool) -> None:
-    mean, std = (dev(torch.tensor(v).view(1, -1, 1, 1)) for v in splits.mean_std())
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(DEVICE, memory_format=fmt)
-    steps = len(splits.train) // cfg.batch_size
-    (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], steps * cfg.epochs, fused)
-    tr, va = splits.train, splits.val
-
-    def prep(x):
-        return ((dev(x).float().div_(255) - mean) / std).contiguous(memory_format=fmt)
-
+def fit_plain(cfg, model, n_train: int, clock: Clock, step: Callable[[int, torch.Tensor], None],
+              validate: Callable[[], None]) -> None:
+    """The epoch loop every plain loop shares: ``step(b, index batch)`` over a shuffled epoch, then
+    ``validate()`` in eval mode; the clock ticks at each epoch start and at the end."""
     for _ in range(cfg.epochs):
         clock.tick()
         model.train()
-        for idx in batches(len(tr), cfg.batch_size):
-            with autocast(cfg):
-                loss = nn.functional.cross_entropy(model(prep(tr.images[idx])), dev(tr.labels[idx]),
-                                                   label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for s in scheds:
-                s.step()
+        for b, idx in enumerate(batches(n_train, cfg.batch_size)):
+            step(b, idx)
         model.eval()
+        validate()
+    clock.tick()
+
+
+def update(opt, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss``, as a hand-written loop does it."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def placed(cfg, model, channels_last: bool = True):
+    """``model`` on the device in the run's memory format, and that format."""
+    fmt = torch.channels_last if cfg.channels_last and channels_last else torch.contiguous_format
+    return model.to(DEVICE, memory_format=fmt), fmt
+
+
+def normaliser(splits, fmt) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images -> the normalised float batch on the device, in memory format ``fmt``."""
+    mean, std = (dev(torch.tensor(v).view(1, -1, 1, 1)) for v in splits.mean_std())
+    return lambda x: ((dev(x).float().div_(255) - mean) / std).contiguous(memory_format=fmt)
+
+
+def plain_classify(cfg, splits, model, clock: Clock, fused: bool) -> None:
+    model, fmt = placed(cfg, model)
+    prep = normaliser(splits, fmt)
+    tr, va = splits.train, splits.val
+    (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], len(tr) // cfg.batch_size * cfg.epochs, fused)
+
+    def step(b, idx):
+        with autocast(cfg):
+            loss = nn.functional.cross_entropy(model(prep(tr.images[idx])), dev(tr.labels[idx]),
+                                               label_smoothing=cfg.label_smoothing)
+        update(opt, loss)
+        for s in scheds:
+            s.step()
+
+    def validate():
         correct = 0
         with torch.inference_mode(), autocast(cfg):
             for i in range(0, len(va), 256):
@@ -183,74 +207,63 @@ def plain_classify(cfg, splits, model, clock: Clock, fused: bool) -> None:
                 logits = model(prep(va.images[i:i + 256]))
                 nn.functional.cross_entropy(logits.float(), y)
                 correct += int((logits.argmax(1) == y).sum())
-    clock.tick()
+
+    fit_plain(cfg, model, len(tr), clock, step, validate)
 
 
 def plain_segment(cfg, splits, model, clock: Clock, fused: bool) -> None:
     from recogen.data.dense import IGNORE_INDEX
     from recogen.models.segmenters.losses import get_loss
 
-    mean, std = (dev(torch.tensor(v).view(1, -1, 1, 1)) for v in splits.mean_std())
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(DEVICE, memory_format=fmt)
+    model, fmt = placed(cfg, model)
+    prep = normaliser(splits, fmt)
     loss_fn = get_loss(cfg.loss)
-    steps = len(splits.train) // cfg.batch_size
-    (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], steps * cfg.epochs, fused)
     tr, va = splits.train, splits.val
-    k = len(splits.seg_classes)
+    (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], len(tr) // cfg.batch_size * cfg.epochs, fused)
+    k, vb = len(splits.seg_classes), max(32, cfg.batch_size)
 
-    def prep(x):
-        return ((dev(x).float().div_(255) - mean) / std).contiguous(memory_format=fmt)
+    def step(b, idx):
+        with autocast(cfg):
+            loss = loss_fn(model(prep(tr.images[idx])).float(), dev(tr.masks[idx]).long())
+        update(opt, loss)
+        for s in scheds:
+            s.step()
 
-    for _ in range(cfg.epochs):
-        clock.tick()
-        model.train()
-        for idx in batches(len(tr), cfg.batch_size):
-            with autocast(cfg):
-                loss = loss_fn(model(prep(tr.images[idx])).float(), dev(tr.masks[idx]).long())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for s in scheds:
-                s.step()
-        model.eval()
+    def validate():
         cm = torch.zeros(k, k, dtype=torch.long, device=DEVICE)
         with torch.inference_mode(), autocast(cfg):
-            for i in range(0, len(va), max(32, cfg.batch_size)):
-                m = dev(va.masks[i:i + max(32, cfg.batch_size)]).long()
-                logits = model(prep(va.images[i:i + max(32, cfg.batch_size)])).float()
+            for i in range(0, len(va), vb):
+                m = dev(va.masks[i:i + vb]).long()
+                logits = model(prep(va.images[i:i + vb])).float()
                 nn.functional.cross_entropy(logits, m, ignore_index=IGNORE_INDEX)
                 keep = m != IGNORE_INDEX
                 cm += torch.bincount(m[keep] * k + logits.argmax(1)[keep], minlength=k * k).view(k, k)
         tp = cm.diag().double()
         union = cm.sum(0) + cm.sum(1) - tp
         float((tp[union > 0] / union[union > 0]).mean())
-    clock.tick()
+
+    fit_plain(cfg, model, len(tr), clock, step, validate)
 
 
 def plain_detect(cfg, splits, model, clock: Clock, fused: bool) -> None:
     from recogen.metrics.detection import MAX_DETECTIONS, mean_average_precision
     from recogen.tasks.detect.outputs import EVAL_SCORE_THRESH, _from_model_outputs, postprocess
 
-    model = model.to(DEVICE)
-    steps = len(splits.train) // cfg.batch_size
-    (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], steps * cfg.epochs, fused)
+    model, _ = placed(cfg, model, channels_last=False)  # detection trains in the contiguous format
     tr, va = splits.train, splits.val
+    (opt,), scheds = plain_optimizers(cfg, [list(model.parameters())], len(tr) // cfg.batch_size * cfg.epochs, fused)
     metric = mean_average_precision(class_metrics=False).to(DEVICE)
-    for _ in range(cfg.epochs):
-        clock.tick()
-        model.train()
-        for idx in batches(len(tr), cfg.batch_size):
-            images = dev(tr.images[idx]).float().div_(255)
-            targets = [{"boxes": dev(tr.boxes[j]).float(), "labels": dev(tr.labels[j]) + 1} for j in idx.tolist()]
-            with autocast(cfg):
-                loss = sum(model(list(images), targets).values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for s in scheds:
-                s.step()
-        model.eval()
+
+    def step(b, idx):
+        images = dev(tr.images[idx]).float().div_(255)
+        targets = [{"boxes": dev(tr.boxes[j]).float(), "labels": dev(tr.labels[j]) + 1} for j in idx.tolist()]
+        with autocast(cfg):
+            loss = sum(model(list(images), targets).values())
+        update(opt, loss)
+        for s in scheds:
+            s.step()
+
+    def validate():
         with torch.inference_mode(), autocast(cfg), postprocess(model, EVAL_SCORE_THRESH, max_det=MAX_DETECTIONS):
             for i in range(0, len(va), 32):
                 preds = _from_model_outputs(model(list(dev(va.images[i:i + 32]).float().div_(255))))
@@ -259,37 +272,33 @@ def plain_detect(cfg, splits, model, clock: Clock, fused: bool) -> None:
                                for j in range(i, min(i + 32, len(va)))])
         float(metric.compute()["map"])
         metric.reset()
-    clock.tick()
+
+    fit_plain(cfg, model, len(tr), clock, step, validate)
 
 
 def plain_generate(cfg, splits, model, clock: Clock, fused: bool) -> None:
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(DEVICE, memory_format=fmt)
+    model, fmt = placed(cfg, model)
     names = list(model.param_groups())
-    steps = len(splits.train) // cfg.batch_size
-    opts, scheds = plain_optimizers(cfg, list(model.param_groups().values()), steps * cfg.epochs, fused,
-                                    betas=model.adam_betas, warmup=0.1)
     tr, va = splits.train, splits.val
-    for _ in range(cfg.epochs):
-        clock.tick()
-        model.train()
-        for b, idx in enumerate(batches(len(tr), cfg.batch_size)):
-            x, y = dev(tr.images[idx]).float().div_(255).contiguous(memory_format=fmt), dev(tr.labels[idx])
-            for phase in model.phases(b):
-                opt = opts[names.index(phase)]
-                with autocast(cfg):
-                    loss, _ = model.phase_loss(phase, x, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                model.after_step(phase)
-            for s in scheds:
-                s.step()
-        model.eval()
+    opts, scheds = plain_optimizers(cfg, list(model.param_groups().values()), len(tr) // cfg.batch_size * cfg.epochs,
+                                    fused, betas=model.adam_betas, warmup=0.1)
+
+    def step(b, idx):
+        x, y = dev(tr.images[idx]).float().div_(255).contiguous(memory_format=fmt), dev(tr.labels[idx])
+        for phase in model.phases(b):
+            with autocast(cfg):
+                loss, _ = model.phase_loss(phase, x, y)
+            update(opts[names.index(phase)], loss)
+            model.after_step(phase)
+        for s in scheds:
+            s.step()
+
+    def validate():
         with torch.no_grad(), autocast(cfg):
             for i in range(0, len(va), 256):
                 model.val_metrics(dev(va.images[i:i + 256]).float().div_(255), dev(va.labels[i:i + 256]))
-    clock.tick()
+
+    fit_plain(cfg, model, len(tr), clock, step, validate)
 
 
 PLAIN: dict[str, Callable] = {"classify": plain_classify, "segment": plain_segment, "detect": plain_detect,

@@ -130,6 +130,29 @@ def _files(run: Path) -> list[str]:
     return sorted(set(names))
 
 
+def _weights(one: Path, two: Path):
+    """The portable weights of two runs (the same names in both)."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    return a, b
+
+
+def _max_weight_diff(one: Path, two: Path) -> float:
+    """The largest absolute difference of any weight between two runs."""
+    a, b = _weights(one, two)
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _weight_change(one: Path, two: Path) -> float:
+    """How far run ``two``'s portable weights are from run ``one``'s: the L2 norm of the difference of
+    all weights over the norm of ``one``'s (BatchNorm's running statistics are not weights)."""
+    a, b = _weights(one, two)
+    keys = [k for k in a if a[k].is_floating_point() and "running_" not in k]
+    return float(torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm() / torch.cat([a[k].flatten() for k in keys]).norm())
+
+
 @pytest.fixture(scope="module")
 def one(tmp_path_factory) -> Path:
     """The 1-process classify run (ARGS) every launch of 2 processes is compared with: trained once."""
@@ -138,8 +161,6 @@ def one(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_two_processes_killed_and_resumed_train_what_one_trains_and_only_rank_zero_writes(tmp_path, one):
-    from safetensors.torch import load_file
-
     # The 2-process run is killed (every process, SIGKILL) after its first epoch and resumed: it must still
     # end as the uninterrupted 1-process run ends.
     two = _train_killed_and_resumed(tmp_path, "two", "--devices", "2", "--strategy", "ddp")
@@ -153,9 +174,7 @@ def test_two_processes_killed_and_resumed_train_what_one_trains_and_only_rank_ze
     # ... and the run folder holds exactly the files a single process writes (no per-rank duplicates).
     assert _files(two) == _files(one)
 
-    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
-    assert a.keys() == b.keys()
-    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    diff = _max_weight_diff(one, two)
     assert diff < WEIGHT_ATOL, diff
     h1, h2 = (json.loads((r / "history.json").read_text()) for r in (one, two))
     assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2] == [0, 1]
@@ -182,8 +201,6 @@ def test_torchrun_and_slurm_launches_train_what_one_process_trains(tmp_path, lau
     """The README's other two launches. torchrun starts both processes itself; SLURM is emulated: two
     processes started as srun starts them (SLURM_PROCID/LOCALID/NTASKS, a job name, MASTER_ADDR/PORT),
     which Lightning's SLURMEnvironment detects (no SLURM on this machine: the variables are what srun sets)."""
-    from safetensors.torch import load_file
-
     two = ["--devices", "2", "--strategy", "ddp"]
     if launch == "torchrun":
         bin_dir = Path(sys.executable).parent
@@ -201,8 +218,7 @@ def test_torchrun_and_slurm_launches_train_what_one_process_trains(tmp_path, lau
     w2 = _writes(tmp_path, "two")
     assert set(w2) == {"rank0", "rank1"} and w2["rank1"] == [], w2.get("rank1", [])[:10]
     assert _files(tmp_path / "two") == _files(one)
-    a, b = load_file(one / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
-    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    diff = _max_weight_diff(one, tmp_path / "two")
     assert diff < WEIGHT_ATOL, diff  # the same computation as the direct launch: 2 processes really shared each batch
 
 
@@ -222,16 +238,11 @@ DET_LOSS_RTOL = 0.01
 
 @pytest.mark.slow
 def test_two_processes_train_a_detector_close_to_one_and_only_rank_zero_writes(tmp_path):
-    from safetensors.torch import load_file
-
     one, _ = _train(tmp_path, "one", "--devices", "1", args=DETECT)
     two, w2 = _train(tmp_path, "two", "--devices", "2", "--strategy", "ddp", args=DETECT)
     assert set(w2) == {"rank0", "rank1"} and w2["rank1"] == [], w2.get("rank1", [])[:10]
     assert _files(two) == _files(one)
-    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
-    # the relative change of the weights as a whole (BatchNorm's running statistics are not weights)
-    keys = [k for k in a if a[k].is_floating_point() and "running_" not in k]
-    rel = float(torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm() / torch.cat([a[k].flatten() for k in keys]).norm())
+    rel = _weight_change(one, two)
     h1, h2 = (json.loads((r / "history.json").read_text()) for r in (one, two))
     loss = max(abs(r1["train_loss"] - r2["train_loss"]) / r1["train_loss"] for r1, r2 in zip(h1, h2))
     print(f"detect: weights differ by {rel:.2e} (relative), train loss by {loss:.2e}; "
@@ -255,15 +266,11 @@ DENSE_WEIGHT_RTOL = 0.40
 @pytest.mark.slow
 @pytest.mark.parametrize("args,loss_key", [(SEGMENT, "train_loss"), (GENERATE, "recon")], ids=["segment", "generate-vae"])
 def test_two_processes_segment_and_generate_close_to_one_and_only_rank_zero_writes(tmp_path, args, loss_key):
-    from safetensors.torch import load_file
-
     one, _ = _train(tmp_path, "one", "--devices", "1", args=args + COMMON)
     two, w2 = _train(tmp_path, "two", "--devices", "2", "--strategy", "ddp", args=args + COMMON)
     assert set(w2) == {"rank0", "rank1"} and w2["rank1"] == [], w2.get("rank1", [])[:10]
     assert _files(two) == _files(one)
-    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
-    keys = [k for k in a if a[k].is_floating_point() and "running_" not in k]
-    rel = float(torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm() / torch.cat([a[k].flatten() for k in keys]).norm())
+    rel = _weight_change(one, two)
     h1, h2 = (json.loads((r / "history.json").read_text()) for r in (one, two))
     assert len(h1) == len(h2) == 2
     loss = max(abs(r1[loss_key] - r2[loss_key]) / r1[loss_key] for r1, r2 in zip(h1, h2))

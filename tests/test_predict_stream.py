@@ -148,7 +148,8 @@ def test_an_unreadable_image_stops_the_run_naming_it_or_becomes_an_error_line(ca
 
 def test_listing_is_the_order_of_expand_inputs_and_the_options_need_out(capsys, tmp_path, tiny_run):
     from recogen.data.images import expand_inputs
-    from recogen.tasks.stream import PathTable, list_images
+    from recogen.data.paths import PathTable
+    from recogen.tasks.stream import list_images
 
     root = tmp_path / "tree"
     for rel in ["a/z.png", "a.png", "a-b.png", "a/b/c.JPG", "B.png", "_x.png", "a/notes.txt", "c d/é.png"]:

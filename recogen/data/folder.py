@@ -28,6 +28,7 @@ from PIL import Image, ImageFile
 
 from ..errors import DataError
 from .base import DataOptions, ImageSet, ImageSplits, stratified_split
+from .paths import PathTable
 from .pil_damage import damage_reason, refuse_damaged
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -205,23 +206,6 @@ def decode_workers(n_images: int, workers: int | None = None) -> int:
     return workers
 
 
-class _PathTable:
-    """Paths packed into one bytes object plus offsets: forked workers reading a list of str objects touch
-    their reference counts, which copies the pages holding them into every worker; these pages stay shared."""
-
-    def __init__(self, paths: list[Path]):
-        raw = [os.fsencode(p) for p in paths]
-        self.blob = b"".join(raw)
-        self.ends = np.cumsum([len(r) for r in raw], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ends)
-
-    def __getitem__(self, i: int) -> Path:
-        start = int(self.ends[i - 1]) if i else 0
-        return Path(os.fsdecode(self.blob[start : int(self.ends[i])]))
-
-
 class _Files(torch.utils.data.Dataset):
     """Item ``i``: ``(i, result, error message or None)``. A probe (``size`` None) gives the header's
     (single-channel?, shorter side). A decode gives the (C, S, S) uint8 array, or, with ``out``, writes it
@@ -232,14 +216,14 @@ class _Files(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[Path], size: int | None = None, channels: int | None = None,
                  out: np.ndarray | tuple[str, int, int] | None = None, rows: np.ndarray | None = None):
-        self.paths, self.size, self.channels = _PathTable(paths), size, channels
+        self.paths, self.size, self.channels = PathTable(paths), size, channels
         self.out, self.rows, self._dest = out, rows, None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        path = self.paths[i]
+        path = Path(self.paths[i])
         try:
             if self.size is None:
                 return i, _probe(path), None

@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ..data.folder import IMAGE_EXTENSIONS
 from ..data.images import read_for_card
+from ..data.paths import PathTable
 from ..errors import ConfigError, DataError
 from .distributed import end_process_group, is_global_zero
 
@@ -89,24 +89,6 @@ def _walk(folder: str) -> Iterator[str]:
             yield from _walk(path)
         elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
             yield path
-
-
-class PathTable:
-    """A list of paths packed into one bytes object and an offsets array. DataLoader workers are forked
-    processes: reading a Python list's strings touches their reference counts, which copies the memory
-    pages holding them into every worker over time; one bytes object and one numpy array stay shared."""
-
-    def __init__(self, paths: list[str]):
-        raw = [os.fsencode(p) for p in paths]
-        self.blob = b"".join(raw)
-        self.ends = np.cumsum([len(r) for r in raw], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ends)
-
-    def __getitem__(self, i: int) -> str:
-        start = int(self.ends[i - 1]) if i else 0
-        return os.fsdecode(self.blob[start : int(self.ends[i])])
 
 
 def save_names(files: list[str]) -> dict[int, str]:

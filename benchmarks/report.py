@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -124,6 +123,33 @@ def render_serve_load(d: dict[str, Any]) -> tuple[str, str]:
         _table(["backend", "flood", "clients", "requests", "requests/s", "p50 ms", "p95 ms", "failures", "healthz p95 ms"], rows)
 
 
+def render_train_throughput(d: dict[str, Any]) -> tuple[str, str]:
+    rows, per = [], []
+    for r in d["results"]:
+        st = r["settings"]
+        rows.append([r["task"], f"{st['model']}, {st['data']}, batch {st['batch_size']}", _f(r["plain_img_s"], 0),
+                     _f(r["recogen_img_s"], 0), f"**{_f(r['ratio'], 2)}**", _f(r["cpu_ratio"], 2),
+                     ", ".join(_f(x["ratio"], 2) for x in r["rounds"])])
+        per.append(f"{r['task']} {_f(r['ratio'], 2)}")
+    return (f"recogen's training loop against a plain hand-written PyTorch loop of the same model, data, batch, optimiser "
+            f"and precision ({d.get('precision', 'fp32')}), torch {d.get('torch', '?')}, {d.get('threads', '?')} threads; "
+            "images/s from the wall time between epoch starts (validation, logging and checkpoints inside), median of "
+            f"the epochs after the first, rounds interleaved. Median ratio recogen/plain: {', '.join(per)} "
+            f"(target: >= 1.0 for every task). {d.get('remark', '')}").strip(), \
+        _table(["task", "setting", "plain img/s", "recogen img/s", "ratio (median)", "CPU-time ratio", "per round"], rows)
+
+
+def render_data_loading(d: dict[str, Any]) -> tuple[str, str]:
+    rows = [[name, f"{a['images']:,}", _f(a["images_per_s"], 0), _f(a["vs_torchvision"], 2),
+             _f(a["vs_torchvision_per_cpu_s"], 2), ", ".join(_f(x, 1) for x in a["load_average"])]
+            for name, a in d["arms"].items()]
+    return (f"{d['n']:,} JPEG images of 224 px in a class-folder tree, {d['workers']} workers, batch {d['batch_size']}, "
+            f"{d['rounds']} interleaved round(s); each arm's images/s and its ratio to torchvision's ImageFolder + "
+            "DataLoader in the same round (median over rounds). The machine's load average during each arm is shown: "
+            "figures taken under load are noisy."), \
+        _table(["arm", "images", "images/s", "vs torchvision", "vs torchvision (per CPU s)", "load average"], rows)
+
+
 @dataclass
 class Bench:
     """One benchmark: what ``--run`` executes and how its result file becomes a section."""
@@ -155,10 +181,12 @@ def _keras() -> list[str]:
 # The order of BENCHMARKS.md. Commands write the JSON the entry reads.
 BENCHMARKS: list[Bench] = [
     Bench("train_throughput", "Framework overhead: recogen against a plain PyTorch loop, every task",
-          _b("train_throughput.py", "--task", "all", "--json", str(RESULTS / "train_throughput.json")), cost="~20 min"),
+          _b("train_throughput.py", "--task", "all", "--json", str(RESULTS / "train_throughput.json")),
+          render_train_throughput, cost="~20 min"),
     Bench("ddp_scaling", "DDP scaling: 1 process against 2", _b("ddp_scaling.py"), cost="~6 min"),
     Bench("data_loading", "Folder data loading: recogen against ImageFolder + DataLoader",
-          _b("data_loading.py", "--json", str(RESULTS / "data_loading.json")), cost="~15 min at 20,000 images"),
+          _b("data_loading.py", "--json", str(RESULTS / "data_loading.json")), render_data_loading,
+          cost="~15 min at 20,000 images"),
     Bench("predict_stream", "Streaming predict: memory on a large folder",
           _b("predict_stream.py", "--json", str(RESULTS / "predict_stream.json")), cost="~15 min"),
     Bench("speed_recipe", "`--recipe speed`: training throughput on CIFAR-shaped data",
@@ -194,6 +222,7 @@ BENCHMARKS: list[Bench] = [
     # GPU rows: measured only on a machine with a CUDA device (one prepared run: --run --gpu).
     Bench("gpu_train_throughput", "GPU: framework overhead, every task",
           _b("train_throughput.py", "--task", "all", "--accelerator", "gpu", "--json", str(RESULTS / "gpu_train_throughput.json")),
+          render_train_throughput,
           gpu=True),
     Bench("gpu_speed_recipe", "GPU: `--recipe speed` throughput on 50,000 CIFAR-shaped images against a plain loop and ResNet-18",
           _b("speed_recipe.py", "--n", "50000", "--json", str(RESULTS / "gpu_speed_recipe.json")), gpu=True),

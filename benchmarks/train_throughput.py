@@ -38,7 +38,7 @@ processes on the machine than the wall clock). The last line of each task reads
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import statistics
 import sys
@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The default setting of each task's row: small enough for a few minutes on 2 CPU cores.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -426,9 +427,13 @@ def main(argv: list[str] | None = None, defaults: dict[str, Any] | None = None) 
     if len(results) > 1:
         print("summary: " + ", ".join(f"{r['task']} {r['ratio']:.2f}" for r in results))
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"argv": sys.argv[1:], "torch": torch.__version__,
-                                            "threads": torch.get_num_threads(), "results": results}, indent=1))
+        import bench_common
+
+        bench_common.write_result(Path(a.json), "train_throughput", argv=sys.argv[1:], torch=torch.__version__,
+                                  threads=torch.get_num_threads(), precision=a.precision, runs=a.rounds,
+                                  code=bench_common.code_state(), load_average=os.getloadavg()[0],
+                                  optimizer="fused" if os.environ.get("RECOGEN_FUSED_OPTIMIZER") == "1" else "default",
+                                  results=results)
     return results
 
 

@@ -28,6 +28,10 @@ def test_every_committed_result_renders_and_missing_ones_say_not_measured(tmp_pa
         part = text.split(f'<a id="{b.name}"></a>')[1].split('<a id="')[0].split('## Earlier measurements')[0]
         if b.path.is_file():
             assert f"raw numbers: `benchmarks/results/{b.path.name}`" in part, b.name
+            # ... and its figures: a table or a summary (a result its renderer cannot read shows neither)
+            body = part.split("### Notes")[0].split("raw numbers:")[1]
+            assert "|---|" in body or len(body.strip()) > 80, (b.name, body[:200])
+            assert "measured ?" not in part and "on ?" not in part, b.name  # date and machine recorded
         else:
             assert "**Not measured**" in part and "|---|" not in part.split("### Notes")[0], b.name
 

@@ -36,6 +36,7 @@ class TrainConfig:
     limit: int | None = None
     augment: str = "auto"
     cache: bool = False  # folder:PATH: decode once into a memory-mapped uint8 file beside the data (data/cache.py)
+    workers: int | None = None  # folder:PATH: processes decoding the files (None: one per CPU up to 4)
     # optimisation
     epochs: int | None = None
     batch_size: int | None = None
@@ -76,6 +77,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "val_fraction": _fraction,
     "test_fraction": _fraction,
     "limit": _positive,
+    "workers": (lambda v: v >= 0, "a whole number >= 0 (0: decode in the main process)"),
     "epochs": _positive,
     "batch_size": _positive,
     "lr": (lambda v: math.isfinite(v) and v > 0, "a positive finite number, e.g. 1e-3"),
@@ -295,6 +297,8 @@ OPTION_HELP: dict[str, str] = {
              ".recogen-cache folder beside PATH (or in ~/.cache/recogen if that is read-only), which later runs "
              "memory-map: no decoding, and data larger than memory trains through the OS page cache; rebuilt when "
              "files change",
+    "workers": "folder:PATH data: worker processes that decode the image files (default: one per CPU up to 4, "
+               "or $RECOGEN_DATA_WORKERS; 0 decodes in the main process)",
     "skip_bad_images": "skip unreadable images (with a warning and a count) instead of stopping",
     "augment": "augmentation preset: none, light, strong or auto; classify also speed (the speed recipe's "
                "integer shifts and alternating flips)",

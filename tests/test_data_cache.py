@@ -398,3 +398,17 @@ def test_benchmark_quick(monkeypatch, tmp_path, capsys):
     assert all(a["images_per_s"] > 0 for a in r["arms"].values())
     assert r["arms"]["torchvision ImageFolder + DataLoader"]["images"] == 200
     assert "| recogen --cache, epoch 1 (file in the page cache) |" in capsys.readouterr().out
+
+
+def test_the_workers_option_reaches_the_decoder_and_is_checked(monkeypatch):
+    """``--workers N`` (TrainConfig.workers) is the folder decoder's worker count; a negative one is refused."""
+    from recogen.config import TrainConfig
+    from recogen.errors import ConfigError
+    from recogen.tasks.runs import data_options
+
+    assert data_options(TrainConfig(data="folder:x", workers=3)).workers == 3
+    assert data_options(TrainConfig(data="folder:x")).workers is None
+    monkeypatch.delenv(folder_mod.WORKERS_ENV, raising=False)
+    assert folder_mod.decode_workers(10, data_options(TrainConfig(workers=2)).workers) == 2  # even for few images
+    with pytest.raises(ConfigError, match="workers"):
+        TrainConfig(workers=-1)

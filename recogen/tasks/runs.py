@@ -21,7 +21,8 @@ def data_options(cfg: TrainConfig) -> DataOptions:
     """The data-set options a config implies (the same ones rebuild the same splits at eval time)."""
     return DataOptions(image_size=cfg.image_size, channels=cfg.channels, data_dir=Path(cfg.data_dir).expanduser(),
                        seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                       skip_bad_images=getattr(cfg, "skip_bad_images", False), limit=cfg.limit, cache=cfg.cache)
+                       skip_bad_images=getattr(cfg, "skip_bad_images", False), limit=cfg.limit, cache=cfg.cache,
+                       workers=cfg.workers)
 
 
 def make_config(cls: type[C], config: Any, options: dict[str, Any]) -> C:

@@ -23,7 +23,8 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
     """``--source`` and ``--filter`` of ``recogen models``: list a library's architectures."""
-    p.add_argument("--source", choices=["tv", "timm"], help="list this library's architectures (use as tv:NAME or timm:NAME)")
+    p.add_argument("--source", choices=["tv", "timm", "hf"],
+                   help="list this library's architectures (use as tv:NAME or timm:NAME; hf: the image classifiers in the Hub cache)")
     p.add_argument("--filter", metavar="PATTERN", help="shell pattern on the names, e.g. '*convnext*'")
     p.add_argument("--pretrained", action="store_true", help="only architectures with published weights")
 

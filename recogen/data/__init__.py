@@ -14,7 +14,7 @@ from .base import DataOptions, ImageSet, ImageSplits
 DATASETS: Registry = Registry("data set", error=DataError)
 
 # Modules holding the builders; imported on first use so `recogen --help` stays fast.
-_BUILDER_MODULES = ("digits", "mnist5k", "real_images", "shapes", "torchvision_sets", "folder_set")
+_BUILDER_MODULES = ("digits", "mnist5k", "real_images", "shapes", "torchvision_sets", "folder_set", "hf_sets")
 
 
 def _load_builders() -> None:

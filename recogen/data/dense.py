@@ -20,7 +20,7 @@ from .base import DataOptions, SplitsBase, stratified_split
 IGNORE_INDEX = 255
 
 DENSE_DATASETS: Registry = Registry("detection/segmentation data set", error=DataError)
-_BUILDER_MODULES = ("shapes_scenes", "digit_scenes", "formats")
+_BUILDER_MODULES = ("shapes_scenes", "digit_scenes", "formats", "hf_sets")
 
 
 @dataclass

@@ -88,7 +88,7 @@ def check_model_task(name: str, task: str) -> None:
     what = f"a {TASK_WORDS.get(own, own)} model" if own else "not a model of any task"
     choices = ", ".join(n for n, _ in list_models(task))
     if task in ("classify", "detect", "segment"):
-        lib = "tv:NAME or timm:NAME" if task == "classify" else "tv:NAME"
+        lib = "tv:NAME, timm:NAME or hf:ID" if task == "classify" else "tv:NAME"
         choices += f", or {lib} from `recogen models --source tv --task {task}`"
     run = f"train it with `recogen {own} train --model {name}`, or " if own else ""
     raise ModelError(f"--model {name} is {what}, not a {noun}: {run}choose a {noun}: {choices}")

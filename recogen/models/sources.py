@@ -1,5 +1,6 @@
 """Library model sources: ``tv:NAME`` (every torchvision classifier, and torchvision's detection and
-segmentation builders for ``detect``/``segment``) and ``timm:NAME`` (every timm model, classifiers).
+segmentation builders for ``detect``/``segment``), ``timm:NAME`` (every timm model, classifiers) and
+``hf:ID_OR_DIR`` (any Hugging Face image classifier through transformers, models/hf_source.py).
 
 A source is one :class:`Source` in :data:`SOURCES` (a table, not an if-chain): how to list its names, which
 task each one is for, build one for our classes and channels, find its classifier head and first conv,
@@ -36,6 +37,7 @@ class Source:
     build: Callable[..., Any]  # (arch, *, num_classes, in_chans, image_size, pretrained) -> nn.Module
     preprocessing: Callable[[str], dict[str, Any]]  # arch -> {"mean", "std", "input_size"} of its weights
     cache_file: Callable[[str], Path]  # arch -> where the library looks for its published weights
+    canonical: Callable[[str], str] = str  # arch -> the form a run's card keeps (hf: a local folder made absolute)
 
 
 SOURCES: dict[str, Source] = {}
@@ -71,7 +73,7 @@ TASK_WORDS = {"classify": "classification", "detect": "detection", "segment": "s
 def source_task(name: str) -> str:
     """The task a ``tv:NAME``/``timm:NAME`` model trains for; an unknown (or refused) one is a ModelError."""
     source, arch = split_name(name)  # type: ignore[misc]
-    task = source.task_of(arch.split(".")[0])
+    task = source.task_of(arch)
     if task is None:
         raise ModelError(f"{source.prefix} has no model {arch!r}; list them with "
                          f"`recogen models --source {source.prefix} --filter '*{arch[:6]}*'`")
@@ -111,6 +113,12 @@ def _tv_segmenter(arch: str, **kw: Any):
     from .segmenters.torchvision_seg import build_tv_segmenter
 
     return build_tv_segmenter(arch, **kw)
+
+
+def canonical_name(name: str) -> str:
+    """``name`` as a run's card keeps it: ``hf:./folder`` becomes ``hf:/abs/folder``; others unchanged."""
+    found = split_name(name)
+    return name if found is None else f"{found[0].prefix}:{found[0].canonical(found[1])}"
 
 
 def preprocessing(name: str) -> dict[str, Any] | None:
@@ -369,10 +377,23 @@ def _timm_task(arch: str) -> str | None:
     return "classify" if timm.is_model(arch) else None
 
 
-SOURCES["tv"] = Source("tv", "every torchvision classification, detection and segmentation model", _tv_names, _tv_task,
-                       _tv_build, _tv_preprocessing, _tv_cache_file)
-SOURCES["timm"] = Source("timm", "every timm model", _timm_names, _timm_task, _timm_build, _timm_preprocessing,
-                         _timm_cache_file)
+def _hf(fn: str) -> Callable[..., Any]:
+    """``hf_source.<fn>``, imported on first call (it loads torch; listing the sources must not)."""
+    def call(*args: Any, **kw: Any) -> Any:
+        from . import hf_source
+
+        return getattr(hf_source, fn)(*args, **kw)
+
+    return call
+
+
+# timm names may carry a weights tag ("convnext_atto.d2_in1k"): the architecture is the part before the dot.
+SOURCES["tv"] = Source("tv", "every torchvision classification, detection and segmentation model", _tv_names,
+                       lambda a: _tv_task(a.split(".")[0]), _tv_build, _tv_preprocessing, _tv_cache_file)
+SOURCES["timm"] = Source("timm", "every timm model", _timm_names, lambda a: _timm_task(a.split(".")[0]), _timm_build,
+                         _timm_preprocessing, _timm_cache_file)
+SOURCES["hf"] = Source("hf", "any Hugging Face image classifier (transformers), by Hub id or local folder", _hf("_names"),
+                       _hf("_task"), _hf("_build"), _hf("_preprocessing"), _hf("_cache_file"), _hf("_canonical"))
 
 
 # ------------------------------------------------------------------- placing hand-copied weight files
@@ -389,6 +410,9 @@ def import_weights(path: str | Path, name: str) -> Path:
     if found is None:
         raise ModelError(f"--model {name!r}: weights are imported for tv:NAME or timm:NAME models (see `recogen models --source tv`)")
     source, arch = found
+    if source.prefix == "hf":  # the Hub's own tool copies whole model folders
+        raise ModelError(f"hf: models need no import: copy the folder (`hf download {arch} --local-dir DIR`) and pass "
+                         f"--model hf:DIR, or fill the cache with `hf download {arch}`")
     source_task(name)  # an unknown (or refused) architecture is one line here
     sd = read_state_dict(path)
     ref = _published_layout(source.prefix, arch)

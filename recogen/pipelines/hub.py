@@ -8,21 +8,15 @@ to pass instead.
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from ..errors import ModelError, OfflineError
+# The rules shared with hf: models and data sets (recogen/hub.py); imported here by their old names too.
+from ..hub import PROBE_S, REPO_ID, download_command, hub_offline, hub_reachable  # noqa: F401
+from ..hub import looks_like_path as _looks_like_path
 
 INDEX = "model_index.json"  # the file that makes a folder (or a Hub repo) a diffusers pipeline
-# A Hub model id: "name" or "owner/name" (the library validates it fully when it loads; this is only
-# to tell ids from mistyped paths without importing the library, which takes longer than failing should).
-REPO_ID = re.compile(r"^[A-Za-z0-9_.-]{1,96}(/[A-Za-z0-9_.-]{1,96})?$")
-PROBE_S = 0.5  # how long to wait for the Hub's address and port before calling the network absent
 
 
 @dataclass(frozen=True)
@@ -36,45 +30,6 @@ class Source:
     is_folder: bool
     local_only: bool
     folder: Path | None  # the files on disk: the folder, or the cached snapshot (None until downloaded)
-
-
-def download_command(repo_id: str) -> str:
-    """The command that copies a Hub model into a folder: ``hf`` (huggingface_hub 1.0 and later), or
-    ``huggingface-cli`` where only the older tool is installed."""
-    tool = "huggingface-cli" if shutil.which("huggingface-cli") and not shutil.which("hf") else "hf"
-    return f"{tool} download {repo_id} --local-dir DIR"
-
-
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` as the Hub libraries read it (at call time: tests and users set it late)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hub_reachable(timeout: float = PROBE_S) -> bool:
-    """Whether the Hub's host answers on its port within ``timeout`` seconds. Name lookup runs in a
-    thread because ``socket`` timeouts do not cover it, and a machine without network can stall there."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.1)
-    return bool(ok)
-
-
-def _looks_like_path(ref: str) -> bool:
-    """A reference that can only be a path: Hub ids are ``name`` or ``owner/name``."""
-    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
 
 
 def resolve(ref: str | os.PathLike) -> Source:

@@ -26,14 +26,16 @@ class ClassifyTask(Task):
     parts = ("recipe", "module", "predict")
 
     def prepare_config(self, cfg):
-        # The published weights' own input size unless --image-size says otherwise (tv:/timm: models).
+        import dataclasses
+
+        from ...models.sources import canonical_name, preprocessing
+
+        # hf:./folder -> hf:/abs/folder: the run's card must find the model from any working directory.
+        cfg = dataclasses.replace(cfg, model=canonical_name(cfg.model))
+        # The published weights' own input size unless --image-size says otherwise (tv:/timm:/hf: models).
         if cfg.pretrained and cfg.image_size is None:
-            from ...models.sources import preprocessing
-
             pre = preprocessing(cfg.model)
-            if pre is not None:
-                import dataclasses
-
+            if pre is not None and pre.get("input_size"):
                 return dataclasses.replace(cfg, image_size=pre["input_size"])
         return cfg
 

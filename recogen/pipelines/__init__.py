@@ -6,6 +6,8 @@ reads (``recogen generate text2img``, ``recogen edit img2img``, ``recogen edit i
 * :func:`text2img` - images from a prompt;
 * :func:`img2img` - an image moved towards a prompt (SDEdit);
 * :func:`inpaint` - the white region of a mask repainted from a prompt.
+* :func:`finetune_pipeline` - a pipeline fine-tuned on a folder of images (LoRA adapters or the whole
+  UNet; ``recogen generate finetune``), whose adapters the capabilities above load with ``lora=RUN``.
 
 Models are Hub ids (through the Hub's own cache) or local pipeline folders (``save_pretrained`` or
 ``hf download ID --local-dir DIR``). :mod:`.hub` finds the files and fails fast offline;
@@ -23,7 +25,8 @@ from typing import Any
 from .actions import CAPABILITIES
 
 _LAZY = {"text2img": ".text_to_image", "img2img": ".image_to_image", "inpaint": ".inpainting",
-         "PipelineResult": ".core", "load_pipeline": ".core"}
+         "PipelineResult": ".core", "load_pipeline": ".core", "finetune_pipeline": ".finetuning",
+         "FinetuneResult": ".finetuning"}
 
 
 def __getattr__(name: str) -> Any:

@@ -55,8 +55,12 @@ STRENGTH = ("--strength", dict(type=float, help="how much of the input is noised
 MASK = ("--mask", dict(metavar="MASK", help="mask image of the input's size: white = repaint, black = keep"))
 KEEP = ("--keep-unmasked", dict(action=argparse.BooleanOptionalAction, default=None,
                                 help="paste the input's pixels back outside the mask (default on)"))
+LORA = [("--lora", dict(metavar="RUN", help="load LoRA adapters onto the model: a `recogen generate finetune` run "
+                                          "folder (or any folder with pytorch_lora_weights.safetensors, or a "
+                                          ".safetensors file)")),
+        ("--lora-scale", dict(type=float, help="strength of the --lora adapters (default 1; 0 = the base model)"))]
 CALL_DESTS = ["negative_prompt", "steps", "guidance", "seed", "n", "size", "out", "device", "dtype",
-              "attention_slicing", "cpu_offload", "strength", "keep_unmasked"]
+              "attention_slicing", "cpu_offload", "strength", "keep_unmasked", "lora", "lora_scale"]
 
 
 def _dest(flag: str) -> str:
@@ -70,6 +74,8 @@ def _options(cap: Capability) -> list[tuple[str, dict[str, Any]]]:
         opts.append((flag, {**kw, "help": kw["help"].format(default=cap.strength)}))
     if cap.mask:
         opts += [MASK, KEEP]
+    if cap.lora:
+        opts += LORA
     return opts
 
 
@@ -79,6 +85,12 @@ def add_actions(actions, group: str, parser_class, existing: dict[str, argparse.
     action exists already (``existing``: name -> parser) adds its options to that parser instead, and
     runs when the model is a pipeline; ``run_only``: (flag, dest) of that action's recogen-run options."""
     for cap in in_group(group):
+        if cap.cli:  # an action with options of its own (training): its module builds it
+            import importlib
+
+            mod, _, attr = cap.cli.partition(":")
+            getattr(importlib.import_module(mod), attr)(actions, cap)
+            continue
         if existing and cap.name in existing:
             _extend(existing[cap.name], cap, run_only)
             continue

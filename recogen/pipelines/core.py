@@ -8,6 +8,7 @@ files are here, once.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ AUTO_CLASSES = {"text2img": "AutoPipelineForText2Image", "img2img": "AutoPipelin
 MAX_IMAGES = 16  # per call: each image is a full diffusion run
 
 _LOADED: dict[tuple, Any] = {}  # the last loaded pipeline (one: these models are large), by how it was loaded
+# A pipeline a long-lived caller keeps loaded (``recogen serve --pipeline``), per thread: see held_pipeline.
+_HELD = threading.local()
 
 
 @dataclass
@@ -38,24 +41,39 @@ class PipelineResult:
 
 # ------------------------------------------------------------------------------------------- loading
 def load_pipeline(kind: str, model: str, device: str = "auto", dtype: str = "auto", attention_slicing: bool = False,
-                  cpu_offload: bool = False):
+                  cpu_offload: bool = False, lora: Any = None, lora_scale: float = 1.0):
     """The diffusers pipeline of ``model`` (folder or Hub id) for ``kind``; returns ``(pipeline, facts)``.
 
     Checks come first, cheapest first (where the files are, offline; device and dtype; whether the
     weights fit), so a mistake is reported before diffusers is imported. The last pipeline stays
     loaded: another capability of the same model is made from it with ``from_pipe`` (shared weights).
+    Inside :func:`held_pipeline` the held pipeline is used instead, and nothing is loaded.
+    ``lora``: adapters (:mod:`.lora`: a finetune run folder or a .safetensors file) loaded at ``lora_scale``.
     """
+    held = getattr(_HELD, "pipeline", None)
+    if held is not None:
+        if lora is not None:
+            raise ConfigError("--lora cannot be added to a pipeline the service holds loaded")
+        return _from_held(kind, *held)
     source = hub.resolve(model)
+    from . import lora as lora_mod
+
+    lora_file = lora_mod.lora_file(lora) if lora is not None else None
+    lora_scale = lora_mod.check_scale(lora_scale)
     device = dev.pick_device(device)
     dtype = dev.pick_dtype(dtype, device)
     dev.check_offload(cpu_offload, device)
     facts = {"model": source.ref, "device": device, "dtype": dtype, "attention_slicing": bool(attention_slicing),
              "cpu_offload": bool(cpu_offload), **dev.check_fits(source.folder, device, dtype, cpu_offload, source.ref)}
+    if lora_file is not None:
+        facts.update(lora=str(lora_file), lora_scale=lora_scale)
     import diffusers
     import torch
 
     cls = getattr(diffusers, AUTO_CLASSES[kind])
-    key = (source.location, device, dtype, bool(attention_slicing), bool(cpu_offload))
+    key = (source.location, device, dtype, bool(attention_slicing), bool(cpu_offload),
+           # adapters change the weights: a pipeline with others (or retrained ones) is not this one
+           (str(lora_file), lora_file.stat().st_mtime_ns, lora_scale) if lora_file else None)
     base = _LOADED.get(key)
     t0 = time.perf_counter()
     if base is None:
@@ -63,6 +81,9 @@ def load_pipeline(kind: str, model: str, device: str = "auto", dtype: str = "aut
         with _quiet(), _load_errors(source, kind):
             pipe = cls.from_pretrained(source.location, torch_dtype=getattr(torch, dtype),
                                        local_files_only=source.local_only)
+        if lora_file is not None:  # before offload hooks and device moves, which wrap the loaded layers
+            with _quiet():  # "no LoRA keys for the text encoder": a finetune run trains the UNet only
+                lora_mod.apply_lora(pipe, lora_file, lora_scale, source.ref)
         if attention_slicing:
             pipe.enable_attention_slicing()
         if cpu_offload:  # accelerate hooks move each part to the GPU while it runs
@@ -77,6 +98,47 @@ def load_pipeline(kind: str, model: str, device: str = "auto", dtype: str = "aut
     pipe.set_progress_bar_config(disable=True)
     facts.update(pipeline=type(pipe).__name__, load_seconds=round(time.perf_counter() - t0, 3))
     return pipe, facts
+
+
+@contextlib.contextmanager
+def held_pipeline(pipe: Any, facts: dict[str, Any], made: dict[str, Any] | None = None):
+    """Within this block (in this thread), every capability runs on ``pipe``, loaded earlier by
+    :func:`load_pipeline` with ``facts``, whatever model it is given. ``made``: a dict the caller keeps
+    with ``pipe``, where the pipeline made for each capability is kept for the next call.
+
+    The service keeps one pipeline per served model for its lifetime, while the one-slot cache of
+    :func:`load_pipeline` would swap models on every request when several are served. Per thread: the
+    service runs requests for different models in parallel worker threads, each under its model's lock.
+
+    >>> pipe, facts = load_pipeline("text2img", "models/sd15")
+    >>> with held_pipeline(pipe, facts):
+    ...     res = text2img("models/sd15", "a red fox")
+    """
+    before = getattr(_HELD, "pipeline", None)
+    _HELD.pipeline = (pipe, facts, made)
+    try:
+        yield
+    finally:
+        _HELD.pipeline = before
+
+
+def _from_held(kind: str, base: Any, facts: dict[str, Any], made: dict[str, Any] | None):
+    """``(pipeline for kind, facts)`` made from a held pipeline with ``from_pipe`` (shared weights,
+    milliseconds), or the one ``made`` keeps from an earlier call."""
+    import diffusers
+
+    t0 = time.perf_counter()
+    pipe = made.get(kind) if made is not None else None
+    if pipe is None:
+        with _quiet():
+            try:
+                pipe = getattr(diffusers, AUTO_CLASSES[kind]).from_pipe(base)
+            except ValueError as e:  # the model's family has no pipeline of this kind
+                raise ModelError(f"{facts['model']} cannot do {kind}: {_first_line(e)}") from None
+        pipe.set_progress_bar_config(disable=True)
+        if made is not None:
+            made[kind] = pipe
+    return pipe, {**facts, "pipeline": type(pipe).__name__, "load_seconds": round(time.perf_counter() - t0, 3)}
 
 
 @contextlib.contextmanager
@@ -170,16 +232,18 @@ def check_size(size: Any) -> tuple[int, int] | None:
 def generate(kind: str, model: str, prompt: str, *, negative_prompt: str | None, steps: int, guidance: float,
              seed: int, n: int, size: tuple[int, int] | None, out: Any, device: str, dtype: str,
              attention_slicing: bool, cpu_offload: bool, inputs: dict[str, Any] | None = None,
-             call: dict[str, Any] | None = None, post=None) -> PipelineResult:
+             call: dict[str, Any] | None = None, post=None, lora: Any = None,
+             lora_scale: float = 1.0) -> PipelineResult:
     """Load ``model`` for ``kind`` and run it ``n`` times (image k from seed ``seed + k``, one CPU
     ``torch.Generator`` each, so the same seed gives the same images on any run of this machine).
 
     ``call``: the capability's own pipeline arguments (image, mask, strength); ``inputs``: what the
     record says about them (file names); ``post(images)``: a last step on the PIL images (inpaint pastes
-    the kept pixels back). Writes the PNGs and the record when ``out`` is given.
+    the kept pixels back). ``lora``, ``lora_scale``: adapters loaded onto the model (:func:`load_pipeline`).
+    Writes the PNGs and the record when ``out`` is given.
     """
     out_paths = _out_paths(out, n) if out is not None else []
-    pipe, facts = load_pipeline(kind, model, device, dtype, attention_slicing, cpu_offload)
+    pipe, facts = load_pipeline(kind, model, device, dtype, attention_slicing, cpu_offload, lora, lora_scale)
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(n)]

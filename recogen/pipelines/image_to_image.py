@@ -11,7 +11,7 @@ from .core import (PipelineResult, check_common, check_size, check_strength_step
 def img2img(model: str, image: Any, prompt: str, *, strength: float = 0.6, negative_prompt: str | None = None,
             steps: int = 30, guidance: float = 7.5, seed: int = 0, n: int = 1, size: Any = None, out: Any = None,
             device: str = "auto", dtype: str = "auto", attention_slicing: bool = False,
-            cpu_offload: bool = False) -> PipelineResult:
+            cpu_offload: bool = False, lora: Any = None, lora_scale: float = 1.0) -> PipelineResult:
     """``n`` versions of ``image`` moved towards ``prompt``.
 
     ``strength`` (0 to 1]: how much noise is added, so how far the result may move (1: the image is
@@ -26,7 +26,7 @@ def img2img(model: str, image: Any, prompt: str, *, strength: float = 0.6, negat
     check_strength_steps(strength, steps)
     return generate("img2img", model, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                     seed=seed, n=n, size=init.size, out=out, device=device, dtype=dtype,
-                    attention_slicing=attention_slicing, cpu_offload=cpu_offload,
+                    attention_slicing=attention_slicing, cpu_offload=cpu_offload, lora=lora, lora_scale=lora_scale,
                     inputs={"image": input_name(image), "strength": strength, "denoise_steps": int(steps * strength)},
                     call={"image": init, "strength": strength})
 

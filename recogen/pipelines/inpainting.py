@@ -13,7 +13,8 @@ from .core import (PipelineResult, check_common, check_size, check_strength_step
 def inpaint(model: str, image: Any, mask: Any, prompt: str, *, strength: float = 1.0, keep_unmasked: bool = True,
             negative_prompt: str | None = None, steps: int = 30, guidance: float = 7.5, seed: int = 0, n: int = 1,
             size: Any = None, out: Any = None, device: str = "auto", dtype: str = "auto",
-            attention_slicing: bool = False, cpu_offload: bool = False) -> PipelineResult:
+            attention_slicing: bool = False, cpu_offload: bool = False, lora: Any = None,
+            lora_scale: float = 1.0) -> PipelineResult:
     """``n`` fillings of the white part of ``mask`` (white = repaint, black = keep; same size as ``image``).
 
     The pipeline works in the autoencoder's latent space, so even the kept region comes back slightly
@@ -37,7 +38,7 @@ def inpaint(model: str, image: Any, mask: Any, prompt: str, *, strength: float =
 
     return generate("inpaint", model, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                     seed=seed, n=n, size=init.size, out=out, device=device, dtype=dtype,
-                    attention_slicing=attention_slicing, cpu_offload=cpu_offload,
+                    attention_slicing=attention_slicing, cpu_offload=cpu_offload, lora=lora, lora_scale=lora_scale,
                     inputs={"image": input_name(image), "mask": input_name(mask), "strength": strength,
                             "denoise_steps": int(steps * strength), "keep_unmasked": bool(keep_unmasked),
                             "masked_fraction": _fraction(fill)},

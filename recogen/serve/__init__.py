@@ -1,7 +1,8 @@
-"""The REST service and web page: ``recogen serve RUN [RUN...]``.
+"""The REST service and web page: ``recogen serve [RUN...] [--pipeline NAME=ID_OR_DIR...]``.
 
 >>> from recogen.serve import create_app
 >>> app = create_app(["runs/classify/digits"])      # a FastAPI app; run it with uvicorn
+>>> app = create_app(pipelines={"sd15": "models/sd15"})   # a diffusers pipeline: POST /v1/pipelines/sd15/text2img
 
 Importing this package is instant: FastAPI, torch and the models are imported by :func:`create_app`.
 """
@@ -11,7 +12,8 @@ from typing import Any
 
 
 def create_app(runs: Any = (), **options: Any):
-    """Build the FastAPI app serving ``runs`` (run folders or model.json paths); see :func:`recogen.serve.app.create_app`."""
+    """Build the FastAPI app serving ``runs`` (run folders or model.json paths) and ``pipelines=``; see
+    :func:`recogen.serve.app.create_app`."""
     from .app import create_app as _create
 
     return _create(runs, **options)

@@ -5,6 +5,8 @@
   of ``recogen TASK predict --json`` for that image;
 - ``POST /v1/<task>`` for every task that draws samples (generate): a PNG grid or base64 PNGs;
 - ``POST /v1/explain``: a saliency map of a served model's prediction on one image (``recogen explain``);
+- ``POST /v1/pipelines/{name}/{capability}`` for every capability of the pipeline table (text2img,
+  img2img, inpaint...) on the diffusers pipelines served with ``pipelines=`` (see :mod:`.pipelines`);
 - ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /`` (the web page), ``/docs``.
 
 Every client mistake is a 4xx ``{"error": message}``; a 500 means a bug (logged with its traceback).
@@ -31,8 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.images import encode_png
 from ..errors import UserError
-from .bodies import (DEFAULT_BODY_TIMEOUT, GENERATE_BODY_LIMIT, _content_type, _image_and_params,
-                     _image_body_schema, _merge_params, _parse_json, _read_body, _validation_text)
+from .bodies import (DEFAULT_BODY_TIMEOUT, GENERATE_BODY_LIMIT, _image_and_params, _image_body_schema, _json_params,
+                     _merge_params, _validation_text)
 from .errors import ApiError, check_api_key, user_error_status
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, decode_image
 from .metrics import Metrics, MetricsMiddleware, route_label
@@ -50,7 +52,8 @@ ERROR_RESPONSES = {s: {"description": d, "content": {"application/json": {"examp
 def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str = "cpu", max_upload_mb: float = 10,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE, max_generate: int = 64,
                api_key: Optional[str] = None, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-               models: Optional[dict[str, Served]] = None) -> FastAPI:
+               models: Optional[dict[str, Served]] = None, pipelines: Any = (), max_pipeline_steps: int = 50,
+               max_pipeline_images: int = 4, max_pipeline_size: int = 1024) -> FastAPI:
     """Build the service for ``runs`` (run folders or model.json paths), each loaded once now.
 
     ``backend`` torch or onnx (recognition runs; generators always use torch); ``max_upload_mb`` bounds
@@ -59,9 +62,14 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
     the seconds a client may take to send a body (then 408); ``api_key``, when set, is required
     (``X-API-Key`` or ``Authorization: Bearer``) on every route but /healthz, the static page and the
     docs; an empty key is an error, not "no key" (pass None for that). ``models`` passes already
-    loaded models instead of ``runs``.
+    loaded models instead of ``runs`` (and ``pipelines``).
+
+    ``pipelines``: diffusers pipelines to serve, ``["NAME=ID_OR_DIR", ...]`` or ``{name: ID_OR_DIR}``,
+    each loaded once now (on ``device``); one request makes at most ``max_pipeline_images`` images of
+    ``max_pipeline_steps`` steps and ``max_pipeline_size`` pixels a side.
 
     >>> app = create_app(["runs/classify/digits"], api_key="secret")
+    >>> app = create_app(pipelines={"sd15": "models/sd15"}, device="cuda")
     >>> import uvicorn; uvicorn.run(app, port=8000)
     """
     from .._version import __version__
@@ -77,7 +85,14 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by other code: truncated JPEG/GIF uploads "
                     "will be accepted, filled with grey (PNGs are still verified); set it back to False")
-    served = models if models is not None else load_models(list(runs), backend=backend, device=device)
+    from .pipelines import Limits, add_pipeline_routes, load_pipelines
+
+    limits = Limits(max_pipeline_steps, max_pipeline_images, max_pipeline_size).check()
+    if models is not None:
+        served = models
+    else:  # runs first (as given), then pipelines; names are unique across both
+        served = load_models(list(runs), backend=backend, device=device) if runs or not pipelines else {}
+        served.update(load_pipelines(pipelines, device=device, taken=list(served)))
     max_upload = int(max_upload_mb * 2**20)
     metrics = Metrics()
     app = _fastapi(title="recogen", version=__version__,
@@ -192,16 +207,7 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
         task = spec.name
 
         async def sample(request: Request, query: Annotated[cls, Query()]):  # type: ignore[valid-type]
-            extra: dict[str, Any] = {}
-            ctype = _content_type(request)
-            body = await _read_body(request, GENERATE_BODY_LIMIT, body_timeout)
-            if body:
-                if ctype != "application/json":
-                    raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send parameters in the "
-                                        "query string or as an application/json body", "content_type")
-                extra = _parse_json(body, "send the parameters as a JSON object, e.g. {\"n\": 4, \"seed\": 3}")
-                if not isinstance(extra, dict):
-                    raise ApiError(422, "the JSON body must be an object of parameters", "invalid_params")
+            extra = await _json_params(request, GENERATE_BODY_LIMIT, body_timeout, '{"n": 4, "seed": 3}')
             p = _merge_params(cls, query, extra)
             if p.n > max_generate:
                 raise ApiError(422, f"n={p.n} is over this server's limit of {max_generate} images per request "
@@ -233,6 +239,11 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
         if spec.samples and spec.params_model() is not None:
             add_sample_route(spec, spec.params_model())
 
+    # ------------------------------------------------- POST /v1/pipelines/{name}/{capability}
+    describe_pipeline = add_pipeline_routes(app, served, protected=protected, responses=ERROR_RESPONSES, limits=limits,
+                                            max_upload=max_upload, max_pixels=max_pixels, max_side=max_side,
+                                            body_timeout=body_timeout, run_locked=run_locked)
+
     # ------------------------------------------------------------------ POST /v1/explain
     from .explain import ENDPOINT, explain_info, explain_params, explain_response, pick_explainable
 
@@ -260,8 +271,10 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
 
     @app.get("/v1/models", tags=["info"], dependencies=protected, summary="the served models")
     async def list_models() -> dict:
-        # A model POST /v1/explain can explain adds ``explain``: {"endpoint", "methods", "default_method"}.
-        return {"models": [{**m.info(), **_some(explain=explain_info(m))} for m in served.values()]}
+        # A model POST /v1/explain can explain adds ``explain``: {"endpoint", "methods", "default_method"};
+        # a pipeline its ``capabilities`` (each with its endpoint and parameters) and ``max_size``.
+        return {"models": [{**m.info(), **_some(explain=explain_info(m)), **(describe_pipeline(m) or {})}
+                           for m in served.values()]}
 
     @app.get("/healthz", tags=["info"], summary="liveness (never needs the API key)")
     async def healthz() -> dict:

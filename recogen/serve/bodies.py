@@ -77,6 +77,22 @@ def _parse_json(body: bytes, hint: str) -> Any:
                             f"{hint}", "bad_json") from None
 
 
+async def _json_params(request: Request, limit: int, timeout: float, example: str) -> dict[str, Any]:
+    """The parameters of an endpoint that reads no image: an application/json object body (or none);
+    415 for another content type, 400 for malformed JSON, 422 for JSON that is not an object."""
+    body = await _read_body(request, limit, timeout)
+    if not body:
+        return {}
+    ctype = _content_type(request)
+    if ctype != "application/json":
+        raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send parameters in the "
+                            "query string or as an application/json body", "content_type")
+    extra = _parse_json(body, f"send the parameters as a JSON object, e.g. {example}")
+    if not isinstance(extra, dict):
+        raise ApiError(422, "the JSON body must be an object of parameters", "invalid_params")
+    return extra
+
+
 def _b64decode(s: Any, what: str) -> bytes:
     if not isinstance(s, str):
         raise ApiError(422, f"{what} must be a base64 string", "invalid_params")
@@ -94,31 +110,54 @@ def _content_type(request: Request) -> str:
 
 async def _image_and_params(request: Request, max_upload: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
     """``(image bytes, body params)`` from a multipart, JSON or raw image body; 413/415/400 otherwise."""
+    images, params = await _images_and_params(request, max_upload, timeout)
+    return images["image"], params
+
+
+# An image a request carries: (multipart field, JSON key, what an error message calls it).
+IMAGE = ("file", "image", "image")
+MASK = ("mask", "mask", "mask")
+
+
+async def _images_and_params(request: Request, max_upload: int, timeout: float,
+                             files: Sequence[tuple[str, str, str]] = (IMAGE,)) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """``({JSON key: image bytes}, body params)`` of a request carrying every image of ``files`` (each
+    at most ``max_upload`` bytes): multipart fields, base64 JSON keys, or (one image only) a raw
+    ``image/*`` body; 413/415/400/422 otherwise."""
     ctype = _content_type(request)
+    k = len(files)
     # Parsing a body of up to --max-upload-mb is CPU work (multipart boundaries, JSON, base64): it runs
     # in the thread pool, so the event loop keeps answering other requests (/healthz among them) while
     # large uploads arrive.
     if ctype == "multipart/form-data":
-        body = await _read_body(request, max_upload + BODY_SLACK, timeout)
-        data, params = await run_in_threadpool(_parse_multipart, request.scope, body, max_upload + BODY_SLACK)
+        body = await _read_body(request, k * max_upload + BODY_SLACK, timeout)
+        images, params = await run_in_threadpool(_parse_multipart_files, request.scope, body, max_upload + BODY_SLACK,
+                                                 files)
     elif ctype == "application/json":
-        body = await _read_body(request, max_upload * 4 // 3 + 4 + BODY_SLACK, timeout)
-        data, params = await run_in_threadpool(_parse_json_image, body)
-    elif ctype.startswith("image/"):
-        data = await _read_body(request, max_upload, timeout)
-        params = {}
+        body = await _read_body(request, k * (max_upload * 4 // 3 + 4) + BODY_SLACK, timeout)
+        images, params = await run_in_threadpool(_parse_json_images, body, files)
+    elif ctype.startswith("image/") and k == 1:
+        images, params = {files[0][1]: await _read_body(request, max_upload, timeout)}, {}
     else:
-        raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data with a "
-                            "'file' field, application/json with a base64 'image', or an image/* body", "content_type")
-    if len(data) > max_upload:
-        raise ApiError(413, f"image of {len(data)} bytes is over the limit of {max_upload} bytes "
-                            "(start the server with a larger --max-upload-mb)", "too_large")
-    return data, params
+        if k == 1:
+            how = f"a '{files[0][0]}' field, application/json with a base64 '{files[0][1]}', or an image/* body"
+        else:
+            how = (" and ".join(f"'{f}'" for f, _, _ in files) + " fields, or application/json with base64 "
+                   + " and ".join(f"'{key}'" for _, key, _ in files))
+        raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data with {how}",
+                       "content_type")
+    for (_, key, noun) in files:
+        if len(images[key]) > max_upload:
+            raise ApiError(413, f"{noun} of {len(images[key])} bytes is over the limit of {max_upload} bytes "
+                                "(start the server with a larger --max-upload-mb)", "too_large")
+    return images, params
 
 
-def _parse_multipart(scope, body: bytes, max_part: int) -> tuple[bytes, dict[str, Any]]:
-    """``(image bytes, the other form fields)`` of a multipart ``body`` (already read, within its limit)
-    parsed by Starlette's ``Request.form``; 400/422 for a malformed one.
+def _parse_multipart_files(scope, body: bytes, max_part: int,
+                           files: Sequence[tuple[str, str, str]]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """``({JSON key: bytes} of the file fields of files, the other form fields)`` of a multipart
+    ``body`` (already read, within its limit) parsed by Starlette's ``Request.form``; 400/422 for a
+    malformed one or a missing file.
 
     Called in a worker thread: ``form`` is async, so it gets an event loop of its own there.
     """
@@ -128,31 +167,40 @@ def _parse_multipart(scope, body: bytes, max_part: int) -> tuple[bytes, dict[str
     async def receive() -> dict[str, Any]:  # the request's body, replayed in one message
         return {"type": "http.request", "body": body, "more_body": False}
 
-    async def parse() -> tuple[bytes, dict[str, Any]]:
+    names = {field for field, _, _ in files}
+
+    async def parse() -> tuple[dict[str, bytes], dict[str, Any]]:
         try:
-            form = await Request(scope, receive).form(max_files=1, max_fields=20, max_part_size=max_part)
+            form = await Request(scope, receive).form(max_files=len(files), max_fields=20, max_part_size=max_part)
         except (MultiPartException, StarletteHTTPException) as e:  # the latter when scope has the app
             message = e.message if isinstance(e, MultiPartException) else e.detail
             raise ApiError(400, f"malformed multipart body: {message}", "bad_multipart") from None
         try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(422, "the multipart body needs the image in a file field named 'file' "
-                                    "(curl -F file=@image.png ...)", "invalid_params")
-            return await upload.read(), {k: v for k, v in form.multi_items() if k != "file"}
+            images = {}
+            for field, key, noun in files:
+                upload = form.get(field)
+                if not isinstance(upload, UploadFile):
+                    raise ApiError(422, f"the multipart body needs the {noun} in a file field named '{field}' "
+                                        f"(curl -F {field}=@{noun}.png ...)", "invalid_params")
+                images[key] = await upload.read()
+            return images, {k: v for k, v in form.multi_items() if k not in names}
         finally:
             await form.close()  # a part over 1 MiB was spooled to a temporary file: delete it now
 
     return asyncio.run(parse())
 
 
-def _parse_json_image(body: bytes) -> tuple[bytes, dict[str, Any]]:
-    """``(image bytes, the other keys)`` of a JSON body ``{"image": base64, ...}``; 400/422 otherwise."""
-    obj = _parse_json(body, "send {\"image\": \"<base64>\"}")
-    if not isinstance(obj, dict) or "image" not in obj:
-        raise ApiError(422, "the JSON body needs an \"image\" key holding the base64 image file", "invalid_params")
-    data = _b64decode(obj.pop("image"), "image")
-    return data, obj
+def _parse_json_images(body: bytes, files: Sequence[tuple[str, str, str]]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """``({key: image bytes}, the other keys)`` of a JSON body holding each of ``files``' keys as base64;
+    400/422 otherwise."""
+    keys = [key for _, key, _ in files]
+    example = ", ".join(f'"{key}": "<base64>"' for key in keys)
+    obj = _parse_json(body, f"send {{{example}}}")
+    for _, key, noun in files:
+        if not isinstance(obj, dict) or key not in obj:
+            a = "an" if key[0] in "aeiou" else "a"
+            raise ApiError(422, f"the JSON body needs {a} \"{key}\" key holding the base64 {noun} file", "invalid_params")
+    return {key: _b64decode(obj.pop(key), key) for key in keys}, obj
 
 
 def _merge_params(cls: type[Params], query: Params, extra: dict[str, Any]) -> Params:

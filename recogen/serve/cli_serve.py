@@ -1,4 +1,5 @@
-"""``recogen serve RUN [RUN...]``: the REST service and web page (argparse only at import time)."""
+"""``recogen serve [RUN...] [--pipeline NAME=ID_OR_DIR...]``: the REST service and web page (argparse only at
+import time)."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,10 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     """Add the ``serve`` command to the CLI's subparsers."""
     p = sub.add_parser("serve", help="serve runs over HTTP: REST API, web page at /, docs at /docs, /metrics")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or model.json) to serve; several are fine")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (or model.json) to serve; several are fine")
+    p.add_argument("--pipeline", action="append", default=[], metavar="NAME=ID_OR_DIR",
+                   help="also serve a diffusers pipeline (Hub id or folder) as NAME: POST /v1/pipelines/NAME/text2img, "
+                        "img2img, inpaint; repeatable")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
@@ -31,6 +35,11 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-side", type=int, default=None,
                    help="longest image side accepted, in pixels, checked before decoding (default 10000)")
     p.add_argument("--max-generate", type=int, default=64, help="most images per /v1/generate request (default 64)")
+    p.add_argument("--max-pipeline-steps", type=int, default=50, help="most denoising steps per pipeline request "
+                                                                       "(default 50)")
+    p.add_argument("--max-pipeline-images", type=int, default=4, help="most images per pipeline request (default 4)")
+    p.add_argument("--max-pipeline-size", type=int, default=1024,
+                   help="longest side of a pipeline's image, in pixels (default 1024)")
     p.add_argument("--api-key", default=None,
                    help=f"require this key (X-API-Key or Authorization: Bearer) on all but /healthz; default ${ENV_KEY}. "
                         "An empty key is an error: leave the option out to serve without authentication")
@@ -55,7 +64,9 @@ def _options(ns: argparse.Namespace) -> dict[str, Any]:
             "max_upload_mb": ns.max_upload_mb,
             "max_pixels": DEFAULT_MAX_PIXELS if ns.max_pixels is None else ns.max_pixels,
             "max_side": DEFAULT_MAX_SIDE if ns.max_side is None else ns.max_side,
-            "max_generate": ns.max_generate, "api_key": _api_key(ns.api_key)}
+            "max_generate": ns.max_generate, "api_key": _api_key(ns.api_key), "pipelines": list(ns.pipeline),
+            "max_pipeline_steps": ns.max_pipeline_steps, "max_pipeline_images": ns.max_pipeline_images,
+            "max_pipeline_size": ns.max_pipeline_size}
     if ns.body_timeout is not None:  # else create_app's default (bodies.DEFAULT_BODY_TIMEOUT)
         opts["body_timeout"] = ns.body_timeout
     return opts
@@ -98,6 +109,17 @@ def _check_port(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; {fix}") from None
 
 
+def _check_pipelines(opts: dict[str, Any]) -> None:
+    """Each --pipeline's name and model, and the pipeline limits, checked before anything loads: a
+    mistyped folder, or a Hub id neither cached nor reachable, fails in one line within a second."""
+    from ..pipelines.hub import resolve
+    from .pipelines import Limits, parse_specs
+
+    Limits(opts["max_pipeline_steps"], opts["max_pipeline_images"], opts["max_pipeline_size"]).check()
+    for _, ref, _ in parse_specs(opts["pipelines"]):
+        resolve(ref)
+
+
 def app_from_env():
     """App factory for each uvicorn worker process (``--workers N``): options come from $RECOGEN_SERVE_CONFIG."""
     import json
@@ -125,8 +147,12 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if not (ns.header_timeout > 0 and math.isfinite(ns.header_timeout)):
         raise ConfigError(f"--header-timeout must be a positive number of seconds, got {ns.header_timeout:g}")
     opts = _options(ns)
+    if not opts["runs"] and not opts["pipelines"]:
+        raise ConfigError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits) or a "
+                          "diffusers pipeline (--pipeline NAME=ID_OR_DIR)")
     for run in opts["runs"]:
         read_card(run)  # a wrong path fails here, in one line, before anything heavy is imported
+    _check_pipelines(opts)
     _check_port(ns.host, ns.port)  # and so does a port in use, before "serving ..." is printed
     import uvicorn
 
@@ -146,7 +172,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
                     http=http)
     else:
         os.environ[ENV_CONFIG] = json.dumps(opts)
-        print(f"serving {len(opts['runs'])} run(s) at {where} with {ns.workers} workers ({auth})", flush=True)
+        print(f"serving {len(opts['runs'])} run(s) and {len(opts['pipelines'])} pipeline(s) at {where} with "
+              f"{ns.workers} workers ({auth})", flush=True)
         uvicorn.run("recogen.serve.cli_serve:app_from_env", factory=True, host=ns.host, port=ns.port,
                     workers=ns.workers, log_level=ns.log_level, timeout_keep_alive=ns.keep_alive_timeout, http=http)
     return 0

@@ -50,33 +50,41 @@ class Served:
             "samples": bool(spec.samples)}
         cls = spec.params_model()
         if cls is not None and not spec.samples:
-            schema = cls.model_json_schema()  # by alias: the names a request uses
-            names = {(f.alias or k): f for k, f in cls.model_fields.items()}
-            params = []
-            for name, prop in schema.get("properties", {}).items():
-                if name == "model":  # the page picks the model itself
-                    continue
-                field = names.get(name)
-                # Optional[X] is anyOf [X, null]: X describes the value.
-                alts = [a for a in prop.get("anyOf", [prop]) if a.get("type") != "null"]
-                nullable = len(alts) < len(prop.get("anyOf", [prop]))
-                body = {**prop, **alts[0]} if len(alts) == 1 else prop
-                p: dict[str, Any] = {"name": name, "type": body.get("type", "any"),
-                                     "required": name in schema.get("required", ()), "default": prop.get("default"),
-                                     "description": prop.get("description", "")}
-                if field is not None and field.title:
-                    p["title"] = field.title
-                for key, as_ in (("minimum", "minimum"), ("maximum", "maximum"), ("exclusiveMinimum", "exclusive_minimum"),
-                                 ("exclusiveMaximum", "exclusive_maximum"), ("enum", "enum")):
-                    if key in body:
-                        p[as_] = body[key]
-                if "const" in body and "enum" not in p:
-                    p["enum"] = [body["const"]]
-                if nullable:
-                    p["nullable"] = True
-                params.append(p)
-            out.update(endpoint=f"/v1/{self.task}", params=params)
+            out.update(endpoint=f"/v1/{self.task}", params=param_list(cls))
         return {**out, **spec.model_info(card)}
+
+
+def param_list(cls: Any, skip: tuple[str, ...] = ("model",)) -> list[dict[str, Any]]:
+    """The request parameters of the pydantic model ``cls`` (by alias, in order, but ``skip``) as
+    ``GET /v1/models`` lists them for the web page: each ``{"name", "type", "required", "default",
+    "description"}`` plus what applies of ``title``, ``minimum``, ``maximum``, ``exclusive_minimum``,
+    ``exclusive_maximum``, ``nullable`` and ``enum`` (see :meth:`Served.info`)."""
+    schema = cls.model_json_schema()  # by alias: the names a request uses
+    names = {(f.alias or k): f for k, f in cls.model_fields.items()}
+    params = []
+    for name, prop in schema.get("properties", {}).items():
+        if name in skip:  # the page picks the model itself
+            continue
+        field = names.get(name)
+        # Optional[X] is anyOf [X, null]: X describes the value.
+        alts = [a for a in prop.get("anyOf", [prop]) if a.get("type") != "null"]
+        nullable = len(alts) < len(prop.get("anyOf", [prop]))
+        body = {**prop, **alts[0]} if len(alts) == 1 else prop
+        p: dict[str, Any] = {"name": name, "type": body.get("type", "any"),
+                             "required": name in schema.get("required", ()), "default": prop.get("default"),
+                             "description": prop.get("description", "")}
+        if field is not None and field.title:
+            p["title"] = field.title
+        for key, as_ in (("minimum", "minimum"), ("maximum", "maximum"), ("exclusiveMinimum", "exclusive_minimum"),
+                         ("exclusiveMaximum", "exclusive_maximum"), ("enum", "enum")):
+            if key in body:
+                p[as_] = body[key]
+        if "const" in body and "enum" not in p:
+            p["enum"] = [body["const"]]
+        if nullable:
+            p["nullable"] = True
+        params.append(p)
+    return params
 
 
 def _unique_name(path: Path, task: str, taken: set[str]) -> str:
@@ -99,7 +107,8 @@ def load_models(runs: list[str | Path], backend: str = "torch", device: str = "c
     from ..tasks import all_tasks
 
     if not runs:
-        raise RunError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits)")
+        raise RunError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits) or a diffusers "
+                       "pipeline (--pipeline NAME=ID_OR_DIR)")
     served: dict[str, Served] = {}
     for run in runs:
         card = read_card(run)  # read once, passed down

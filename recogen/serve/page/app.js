@@ -12,6 +12,12 @@
 // control is #param-NAME (name=NAME) inside label[data-param=NAME]; each row of the generic result
 // table has data-key.
 //
+// Pipelines: a model whose info has "capabilities" (a diffusers pipeline, `recogen serve --pipeline`) gets
+// the pipeline panel: #capability picks one, whose "params" become the form's controls (#pipe-NAME inside
+// label[data-param=NAME]) and whose "image"/"mask" show the file inputs #pipe-image/#pipe-mask; the form
+// (#pipeline-form, data-capability) POSTs to the capability's endpoint and the images come back in
+// #images (img.made-image, data-index), the call's record as the table; #result[data-state] is "images".
+//
 // Explain: a model whose info has "explain" gets the Explain checkbox (#explain) and its methods
 // (#explain-method). Ticked, each prediction is followed by POST /v1/explain with the same image, and
 // its overlay(s) (img.explain-overlay, data-label) are shown beside the result in #explanation, whose
@@ -54,6 +60,7 @@ function relative(path) { return path.replace(/^\/+/, ""); }
 
 function clearResult() {
   $("bars").replaceChildren();
+  $("images").replaceChildren();
   for (const id of ["canvas", "overlay", "grid", "table"]) $(id).hidden = true;
   $("table").replaceChildren();
   $("canvas").dataset.boxes = "0";
@@ -151,8 +158,10 @@ function showModel() {
   clearResult();
   if (!m) return;
   const reads = Boolean(m.endpoint), draws = !reads && Boolean(m.samples);
+  const pipes = !reads && !draws && Array.isArray(m.capabilities) && m.capabilities.length > 0;
   $("predict-panel").hidden = !reads;
   $("generate-panel").hidden = !draws;
+  $("pipeline-panel").hidden = !pipes;
   const classes = Array.isArray(m.classes) ? `${m.classes.length} classes` : null;
   $("model-info").textContent = [m.task, m.model, classes, m.image_size ? `${m.image_size}px` : null, m.backend]
     .filter((x) => x !== null && x !== undefined && x !== "").join(" · ");
@@ -163,7 +172,8 @@ function showModel() {
     sel.replaceChildren(new Option("every class in turn", ""), ...(m.classes || []).map((c) => new Option(c, c)));
     $("gen-class-label").hidden = !m.conditional;
   }
-  if (!reads && !draws) setState("ready", `The page cannot use ${m.name}: it neither reads images nor draws them.`);
+  if (pipes) showPipeline(m);
+  if (!reads && !draws && !pipes) setState("ready", `The page cannot use ${m.name}: it neither reads images nor draws them.`);
 }
 
 async function loadModels() {
@@ -378,6 +388,93 @@ async function generate(event) {
   }
 }
 
+// ---------------------------------------------------------------------------------- pipelines
+function capability() {
+  const m = current();
+  return m && Array.isArray(m.capabilities) ? m.capabilities.find((c) => c.name === $("capability").value) : undefined;
+}
+
+// The capability chooser of a pipeline model; the capability chosen is kept across models that have it.
+function showPipeline(m) {
+  const sel = $("capability"), was = sel.value;
+  sel.replaceChildren(...m.capabilities.map((c) => new Option(c.name, c.name)));
+  if (m.capabilities.some((c) => c.name === was)) sel.value = was;
+  showCapability();
+}
+
+// The form of the chosen capability, built from its "params" as the predict controls are from a task's.
+function showCapability() {
+  const c = capability();
+  const box = $("pipe-params");
+  box.replaceChildren();
+  $("pipeline-form").dataset.capability = c ? c.name : "";
+  $("capability-help").textContent = c ? c.help || "" : "";
+  if (!c) return;
+  for (const p of c.params) {
+    const el = control(p);
+    if (!el) continue;
+    const input = el.querySelector("input, select");
+    input.id = `pipe-${p.name}`;  // the predict panel's controls are #param-NAME
+    if (p.required) input.required = true;
+    if (p.type === "boolean") input.checked = p.default !== false;  // a pipeline option: its own default
+    const key = `pipeline ${c.name} ${p.name}`;  // kept across models; the prompt across capabilities too
+    const shared = p.name === "prompt" || p.name === "negative_prompt" ? `pipeline ${p.name}` : key;
+    if (kept.has(shared)) {
+      if (input.type === "checkbox") input.checked = kept.get(shared); else input.value = kept.get(shared);
+    }
+    input.addEventListener("change", () => kept.set(shared, input.type === "checkbox" ? input.checked : input.value));
+    box.appendChild(el);
+  }
+  $("pipe-image-label").hidden = !c.image;
+  $("pipe-mask-label").hidden = !c.mask;
+}
+
+// POST the form to the capability's endpoint: JSON for a capability that reads no image, multipart
+// (file, mask and the parameters as fields) for one that does.
+async function runPipeline(event) {
+  event.preventDefault();
+  const m = current(), c = capability();
+  if (!m || !c) return;
+  clearResult();
+  const values = {};
+  for (const p of c.params) {
+    const input = $(`pipe-${p.name}`);
+    if (!input) continue;
+    if (input.type === "checkbox") values[p.name] = input.checked;
+    else if (input.value.trim() !== "") values[p.name] = p.type === "integer" || p.type === "number" ? Number(input.value) : input.value.trim();
+  }
+  let options;
+  if (c.image) {
+    const image = $("pipe-image").files[0], mask = $("pipe-mask").files[0];
+    if (!image || (c.mask && !mask)) { setState("error", `${c.name} needs ${c.mask ? "an image and its mask" : "an image"}: choose the file(s)`, true); return; }
+    const form = new FormData();
+    form.append("file", image);
+    if (c.mask) form.append("mask", mask);
+    for (const [k, v] of Object.entries(values)) form.append(k, String(v));
+    options = { method: "POST", body: form };
+  } else {
+    options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(values) };
+  }
+  setState("busy", `${c.name} with ${m.name} ...`);
+  try {
+    const r = await (await api(relative(c.endpoint), options)).json();
+    $("images").replaceChildren(...r.images_png.map((b64, i) => {
+      const img = document.createElement("img");
+      img.className = "made-image";
+      img.src = `data:image/png;base64,${b64}`;
+      img.alt = `${c.name} image ${i + 1}`;
+      img.dataset.index = String(i);
+      return img;
+    }));
+    renderFields(r.record);
+    $("result").dataset.state = "images";
+    const rec = r.record;
+    setState("done", `${c.name}: ${r.images_png.length} image(s) ${rec.width}x${rec.height}, ${rec.steps} steps, seed ${rec.seed}, ${Number(rec.seconds).toFixed(1)} s`);
+  } catch (e) {
+    setState("error", e.message, true);
+  }
+}
+
 function setup() {
   const key = localStorage.getItem("recogen-api-key");
   if (key) $("api-key").value = key;
@@ -392,6 +489,8 @@ function setup() {
     if (e.dataTransfer.files.length) predict(e.dataTransfer.files[0]);
   });
   $("generate-form").addEventListener("submit", generate);
+  $("pipeline-form").addEventListener("submit", runPipeline);
+  $("capability").addEventListener("change", () => { clearResult(); showCapability(); });
   $("explain").addEventListener("change", reexplain);
   $("explain-method").addEventListener("change", reexplain);
   loadModels();

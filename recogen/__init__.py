@@ -95,6 +95,48 @@ def inpaint(model: str, image: Any, mask: Any, prompt: str, **options: Any):
     return _run(model, image, mask, prompt, **options)
 
 
+def finetune_pipeline(model: str | None = None, data: Any = None, out: Any = None, **options: Any):
+    """Fine-tune a diffusers pipeline (Hub id or folder) on a folder of images, as ``recogen generate finetune``
+    does: LoRA adapters on the UNet's attention (``method="lora"``, default) or the whole UNet (``"full"``).
+    ``options``: ``prompt``, ``method``, ``rank``, ``steps``, ``lr``, ``batch_size``, ``size``, ``seed``,
+    ``checkpoint_every``, ``sample_prompt``, ``sample_steps``, ``device``, ``dtype``, ``resume``. Returns a
+    :class:`recogen.pipelines.FinetuneResult` (``run``, ``record``, ``lora`` or ``pipeline``, ``samples``).
+
+    >>> res = recogen.finetune_pipeline("models/sd15", "dog/", "runs/dog", prompt="a photo of sks dog", steps=400)
+    >>> recogen.text2img("models/sd15", "a photo of sks dog on a beach", lora=res.run, out="beach.png")
+    """
+    from .pipelines.finetuning import finetune_pipeline as _run
+
+    return _run(model, data, out, **options)
+
+
+def zero_shot_classify(model: str, images: Any, labels: Any, **options: Any):
+    """Classify ``images`` among ``labels`` with a CLIP-family model (``"clip:ID_OR_DIR"``), as ``recogen
+    classify predict --model clip:... --labels ...``; ``options``: ``prompt_template``, ``topk``, ``device``.
+
+    >>> recogen.zero_shot_classify("clip:openai/clip-vit-base-patch32", "cat.jpg", "cat,dog,car")["label"]
+    """
+    from .foundation import zero_shot_classify as _run
+
+    return _run(model, images, labels, **options)
+
+
+def zero_shot_detect(model: str, images: Any, labels: Any, **options: Any):
+    """Boxes of the objects named by ``labels`` with OWL-ViT/OWLv2 (``"owl:ID_OR_DIR"``), as ``recogen detect
+    predict --model owl:...``; ``options``: ``score_threshold``, ``prompt_template``, ``iou``, ``max_det``, ``device``."""
+    from .foundation import zero_shot_detect as _run
+
+    return _run(model, images, labels, **options)
+
+
+def zero_shot_segment(model: str, images: Any, points: Any = None, boxes: Any = None, **options: Any):
+    """The mask of what ``points`` (``"x,y;x,y"``) or ``boxes`` point at, with SAM (``"sam:ID_OR_DIR"``), as
+    ``recogen segment predict --model sam:...``; ``options``: ``device``. Results hold a uint8 ``mask``."""
+    from .foundation import zero_shot_segment as _run
+
+    return _run(model, images, points=points, boxes=boxes, **options)
+
+
 def create_model(name: str, **kwargs: Any):
     """Build a registered network by name (see :func:`list_models`)."""
     from .models import create_model as _create
@@ -116,5 +158,5 @@ def list_datasets() -> list[tuple[str, str]]:
     return _list()
 
 
-__all__ = ["__version__", "train", "load", "evaluate", "explain", "text2img", "img2img", "inpaint", "create_model",
-           "list_models", "list_datasets"]
+__all__ = ["__version__", "train", "load", "evaluate", "explain", "text2img", "img2img", "inpaint", "finetune_pipeline",
+           "zero_shot_classify", "zero_shot_detect", "zero_shot_segment", "create_model", "list_models", "list_datasets"]

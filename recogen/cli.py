@@ -80,21 +80,29 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
+    from .foundation.cli import evaluate, selected
+
     task = _task(ns)
-    m = task.evaluate(ns.run, data=ns.data, split=ns.split, write=not ns.no_write)
+    model = selected(ns, task, "eval")  # --model PREFIX:ID_OR_DIR: a foundation model, else the RUN
+    m = task.evaluate(ns.run, data=ns.data, split=ns.split, write=not ns.no_write) if model is None else evaluate(ns, model)
     if ns.json:
         print(json.dumps({k: v for k, v in m.items() if k != "report_text"}, indent=2))
         return 0
     print(task.format_metrics(m))
-    if not ns.no_write:
+    if model is not None:
+        print(f"\nwrote metrics.json and confusion_matrix.png to {ns.out}" if ns.out and not ns.no_write
+              else "\n(--out DIR writes metrics.json and confusion_matrix.png)")
+    elif not ns.no_write:
         print(f"\nwrote metrics{'' if m['split'] == 'test' else '_' + m['split']}.json and plots to {ns.run}")
     return 0
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
-    from .data.images import expand_inputs
+    from .foundation.cli import selected
 
     task = _task(ns)
+    model = selected(ns, task, "predict")  # --model PREFIX:ID_OR_DIR: a foundation model, else the RUN
+    from .data.images import expand_inputs  # after: a model that cannot be had fails before torch loads
     kw = {f.dest: getattr(ns, f.dest) for f in task.predict_flags if f.dest != "save"}
     save = getattr(ns, "save", None)
     if ns.out is not None:
@@ -105,7 +113,10 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
         raise ConfigError(f"{', '.join(given)} only work with --out PATH.jsonl (streaming into a file)")
     files = _readable_images(expand_inputs(ns.images), ns.skip_bad_images)
-    results = task.predict_files(ns.run, files, out_dir=save, backend=ns.backend, **kw)
+    if model is None:
+        results = task.predict_files(ns.run, files, out_dir=save, backend=ns.backend, **kw)
+    else:
+        results = model.predict_files(files, out_dir=save)
     if ns.json:
         print(json.dumps(results, indent=2))
     else:
@@ -261,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"recogen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
+    from .foundation.cli import add_options as add_model_options  # --model PREFIX:ID_OR_DIR of each task
     from .tasks import all_tasks
     from .tasks.spec import positive_int
 
@@ -276,15 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
             continue
 
         ev = actions.add_parser("eval", help="metrics and plots of a run on its test split (or another)")
-        ev.add_argument("run", help="run folder")
+        ev.add_argument("run", nargs="?", help="run folder (or --model, below)")
         ev.add_argument("--data", help="evaluate on another data set with the same classes")
         ev.add_argument("--split", choices=["train", "val", "test"], help="split to evaluate (default test, else val)")
         ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
         ev.add_argument("--no-write", action="store_true", help="do not write metrics.json and plots")
+        add_model_options(ev, task.name, "eval")
         ev.set_defaults(func=cmd_eval)
 
         pr = actions.add_parser("predict", help="predict images or folders of images")
-        pr.add_argument("run", help="run folder or model.json")
+        pr.add_argument("run", nargs="?", help="run folder or model.json (or --model, below)")
         pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
         pr.add_argument("--json", action="store_true", help="print results as JSON")
         for f in task.predict_flags:
@@ -308,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes (GPUs, or on a CPU N processes) sharing the images (default 1)")
         st.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "mps"], help="default auto (a GPU if there is one)")
         st.add_argument("--overwrite", action="store_true", help="start again: replace the file instead of resuming")
+        add_model_options(pr, task.name, "predict")
         pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="export a trained run to ONNX (checked with onnxruntime), TorchScript or safetensors")

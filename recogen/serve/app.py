@@ -7,6 +7,8 @@
 - ``POST /v1/explain``: a saliency map of a served model's prediction on one image (``recogen explain``);
 - ``POST /v1/pipelines/{name}/{capability}`` for every capability of the pipeline table (text2img,
   img2img, inpaint...) on the diffusers pipelines served with ``pipelines=`` (see :mod:`.pipelines`);
+- ``POST /v1/zero-shot/{name}/{task}`` for every task of the foundation table (classify, detect,
+  segment) on the CLIP / OWL / SAM models served with ``zero_shot=`` (see :mod:`.zero_shot`);
 - ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /`` (the web page), ``/docs``.
 
 Every client mistake is a 4xx ``{"error": message}``; a 500 means a bug (logged with its traceback).
@@ -53,7 +55,8 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
                max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE, max_generate: int = 64,
                api_key: Optional[str] = None, body_timeout: float = DEFAULT_BODY_TIMEOUT,
                models: Optional[dict[str, Served]] = None, pipelines: Any = (), max_pipeline_steps: int = 50,
-               max_pipeline_images: int = 4, max_pipeline_size: int = 1024) -> FastAPI:
+               max_pipeline_images: int = 4, max_pipeline_size: int = 1024, zero_shot: Any = (),
+               max_zero_shot_labels: int = 64) -> FastAPI:
     """Build the service for ``runs`` (run folders or model.json paths), each loaded once now.
 
     ``backend`` torch or onnx (recognition runs; generators always use torch); ``max_upload_mb`` bounds
@@ -68,8 +71,13 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
     each loaded once now (on ``device``); one request makes at most ``max_pipeline_images`` images of
     ``max_pipeline_steps`` steps and ``max_pipeline_size`` pixels a side.
 
+    ``zero_shot``: foundation models to serve, ``["NAME=PREFIX:ID_OR_DIR", ...]`` or ``{name: "clip:ID"}``
+    (``clip:``, ``owl:``, ``sam:``; see :mod:`recogen.foundation`), each loaded once now; one request
+    names at most ``max_zero_shot_labels`` labels.
+
     >>> app = create_app(["runs/classify/digits"], api_key="secret")
     >>> app = create_app(pipelines={"sd15": "models/sd15"}, device="cuda")
+    >>> app = create_app(zero_shot={"clip": "clip:openai/clip-vit-base-patch32"})
     >>> import uvicorn; uvicorn.run(app, port=8000)
     """
     from .._version import __version__
@@ -86,13 +94,19 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by other code: truncated JPEG/GIF uploads "
                     "will be accepted, filled with grey (PNGs are still verified); set it back to False")
     from .pipelines import Limits, add_pipeline_routes, load_pipelines
+    from .zero_shot import add_zero_shot_routes, load_zero_shot
 
+    if not isinstance(max_zero_shot_labels, int) or max_zero_shot_labels < 2:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--max-zero-shot-labels must be a whole number >= 2, got {max_zero_shot_labels!r}")
     limits = Limits(max_pipeline_steps, max_pipeline_images, max_pipeline_size).check()
     if models is not None:
         served = models
-    else:  # runs first (as given), then pipelines; names are unique across both
-        served = load_models(list(runs), backend=backend, device=device) if runs or not pipelines else {}
+    else:  # runs first (as given), then pipelines, then zero-shot models; names are unique across all
+        served = load_models(list(runs), backend=backend, device=device) if runs or not (pipelines or zero_shot) else {}
         served.update(load_pipelines(pipelines, device=device, taken=list(served)))
+        served.update(load_zero_shot(zero_shot, device=device, taken=list(served)))
     max_upload = int(max_upload_mb * 2**20)
     metrics = Metrics()
     app = _fastapi(title="recogen", version=__version__,
@@ -244,6 +258,12 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
                                             max_upload=max_upload, max_pixels=max_pixels, max_side=max_side,
                                             body_timeout=body_timeout, run_locked=run_locked)
 
+    # ---------------------------------------------------- POST /v1/zero-shot/{name}/{task}
+    describe_zero_shot = add_zero_shot_routes(app, served, protected=protected, responses=ERROR_RESPONSES,
+                                              max_labels=max_zero_shot_labels, max_upload=max_upload,
+                                              max_pixels=max_pixels, max_side=max_side, body_timeout=body_timeout,
+                                              run_locked=run_locked)
+
     # ------------------------------------------------------------------ POST /v1/explain
     from .explain import ENDPOINT, explain_info, explain_params, explain_response, pick_explainable
 
@@ -272,9 +292,10 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
     @app.get("/v1/models", tags=["info"], dependencies=protected, summary="the served models")
     async def list_models() -> dict:
         # A model POST /v1/explain can explain adds ``explain``: {"endpoint", "methods", "default_method"};
-        # a pipeline its ``capabilities`` (each with its endpoint and parameters) and ``max_size``.
-        return {"models": [{**m.info(), **_some(explain=explain_info(m)), **(describe_pipeline(m) or {})}
-                           for m in served.values()]}
+        # a pipeline its ``capabilities`` (each with its endpoint and parameters) and ``max_size``; a
+        # zero-shot model its ``endpoint``, ``params`` and ``max_labels``.
+        return {"models": [{**m.info(), **_some(explain=explain_info(m)), **(describe_pipeline(m) or {}),
+                            **(describe_zero_shot(m) or {})} for m in served.values()]}
 
     @app.get("/healthz", tags=["info"], summary="liveness (never needs the API key)")
     async def healthz() -> dict:

@@ -1,5 +1,5 @@
-"""``recogen serve [RUN...] [--pipeline NAME=ID_OR_DIR...]``: the REST service and web page (argparse only at
-import time)."""
+"""``recogen serve [RUN...] [--pipeline NAME=ID_OR_DIR...] [--zero-shot NAME=PREFIX:ID_OR_DIR...]``: the REST
+service and web page (argparse only at import time)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,9 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     p.add_argument("--pipeline", action="append", default=[], metavar="NAME=ID_OR_DIR",
                    help="also serve a diffusers pipeline (Hub id or folder) as NAME: POST /v1/pipelines/NAME/text2img, "
                         "img2img, inpaint; repeatable")
+    p.add_argument("--zero-shot", action="append", default=[], metavar="NAME=PREFIX:ID_OR_DIR",
+                   help="also serve a foundation model (clip:, owl: or sam: and a Hub id or folder) as NAME: "
+                        "POST /v1/zero-shot/NAME/classify (clip), detect (owl) or segment (sam); repeatable")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
@@ -40,6 +43,8 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-pipeline-images", type=int, default=4, help="most images per pipeline request (default 4)")
     p.add_argument("--max-pipeline-size", type=int, default=1024,
                    help="longest side of a pipeline's image, in pixels (default 1024)")
+    p.add_argument("--max-zero-shot-labels", type=int, default=64,
+                   help="most labels per zero-shot request (default 64)")
     p.add_argument("--api-key", default=None,
                    help=f"require this key (X-API-Key or Authorization: Bearer) on all but /healthz; default ${ENV_KEY}. "
                         "An empty key is an error: leave the option out to serve without authentication")
@@ -66,7 +71,8 @@ def _options(ns: argparse.Namespace) -> dict[str, Any]:
             "max_side": DEFAULT_MAX_SIDE if ns.max_side is None else ns.max_side,
             "max_generate": ns.max_generate, "api_key": _api_key(ns.api_key), "pipelines": list(ns.pipeline),
             "max_pipeline_steps": ns.max_pipeline_steps, "max_pipeline_images": ns.max_pipeline_images,
-            "max_pipeline_size": ns.max_pipeline_size}
+            "max_pipeline_size": ns.max_pipeline_size, "zero_shot": list(ns.zero_shot),
+            "max_zero_shot_labels": ns.max_zero_shot_labels}
     if ns.body_timeout is not None:  # else create_app's default (bodies.DEFAULT_BODY_TIMEOUT)
         opts["body_timeout"] = ns.body_timeout
     return opts
@@ -120,6 +126,16 @@ def _check_pipelines(opts: dict[str, Any]) -> None:
         resolve(ref)
 
 
+def _check_zero_shot(opts: dict[str, Any]) -> None:
+    """Each --zero-shot's name, family and files, and the label limit, checked before anything loads."""
+    from ..errors import ConfigError
+    from .zero_shot import check_specs
+
+    if opts["max_zero_shot_labels"] < 2:
+        raise ConfigError(f"--max-zero-shot-labels must be at least 2, got {opts['max_zero_shot_labels']}")
+    check_specs(opts["zero_shot"])
+
+
 def app_from_env():
     """App factory for each uvicorn worker process (``--workers N``): options come from $RECOGEN_SERVE_CONFIG."""
     import json
@@ -147,12 +163,14 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if not (ns.header_timeout > 0 and math.isfinite(ns.header_timeout)):
         raise ConfigError(f"--header-timeout must be a positive number of seconds, got {ns.header_timeout:g}")
     opts = _options(ns)
-    if not opts["runs"] and not opts["pipelines"]:
-        raise ConfigError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits) or a "
-                          "diffusers pipeline (--pipeline NAME=ID_OR_DIR)")
+    if not opts["runs"] and not opts["pipelines"] and not opts["zero_shot"]:
+        raise ConfigError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits), a "
+                          "diffusers pipeline (--pipeline NAME=ID_OR_DIR) or a foundation model "
+                          "(--zero-shot NAME=PREFIX:ID_OR_DIR)")
     for run in opts["runs"]:
         read_card(run)  # a wrong path fails here, in one line, before anything heavy is imported
     _check_pipelines(opts)
+    _check_zero_shot(opts)
     _check_port(ns.host, ns.port)  # and so does a port in use, before "serving ..." is printed
     import uvicorn
 
@@ -172,7 +190,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
                     http=http)
     else:
         os.environ[ENV_CONFIG] = json.dumps(opts)
-        print(f"serving {len(opts['runs'])} run(s) and {len(opts['pipelines'])} pipeline(s) at {where} with "
+        print(f"serving {len(opts['runs'])} run(s), {len(opts['pipelines'])} pipeline(s) and "
+              f"{len(opts['zero_shot'])} zero-shot model(s) at {where} with "
               f"{ns.workers} workers ({auth})", flush=True)
         uvicorn.run("recogen.serve.cli_serve:app_from_env", factory=True, host=ns.host, port=ns.port,
                     workers=ns.workers, log_level=ns.log_level, timeout_keep_alive=ns.keep_alive_timeout, http=http)

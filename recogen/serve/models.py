@@ -107,8 +107,8 @@ def load_models(runs: list[str | Path], backend: str = "torch", device: str = "c
     from ..tasks import all_tasks
 
     if not runs:
-        raise RunError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits) or a diffusers "
-                       "pipeline (--pipeline NAME=ID_OR_DIR)")
+        raise RunError("give at least one run folder to serve (e.g. recogen serve runs/classify/digits), a diffusers "
+                       "pipeline (--pipeline NAME=ID_OR_DIR) or a foundation model (--zero-shot NAME=PREFIX:ID_OR_DIR)")
     served: dict[str, Served] = {}
     for run in runs:
         card = read_card(run)  # read once, passed down

@@ -18,6 +18,11 @@
 // (#pipeline-form, data-capability) POSTs to the capability's endpoint and the images come back in
 // #images (img.made-image, data-index), the call's record as the table; #result[data-state] is "images".
 //
+// Zero-shot: a foundation model (`recogen serve --zero-shot`, task "zero-shot") has an "endpoint" and "params"
+// like a run, so it uses the predict panel: its labels / points / boxes are text boxes (#param-labels...,
+// required ones marked), the model is named by the endpoint's path (no model= in the query), and a
+// change of a parameter runs the last image again, so that new labels show their new ranking at once.
+//
 // Explain: a model whose info has "explain" gets the Explain checkbox (#explain) and its methods
 // (#explain-method). Ticked, each prediction is followed by POST /v1/explain with the same image, and
 // its overlay(s) (img.explain-overlay, data-label) are shown beside the result in #explanation, whose
@@ -137,14 +142,20 @@ function showParams(m) {
     if (kept.has(key)) {
       if (input.type === "checkbox") input.checked = kept.get(key); else input.value = kept.get(key);
     }
-    input.addEventListener("change", () => kept.set(key, input.type === "checkbox" ? input.checked : input.value));
+    if (p.required) { input.required = true; if (!input.value) input.placeholder = "required"; }
+    if (Array.isArray(p.examples) && p.examples.length && !input.value) input.placeholder = `e.g. ${p.examples[0]}`;
+    input.addEventListener("change", () => {
+      kept.set(key, input.type === "checkbox" ? input.checked : input.value);
+      if (m.task === "zero-shot" && image) predict(image);  // the labels are the question: ask it again
+    });
     box.appendChild(el);
   }
 }
 
 // The query string of a prediction: the model and every parameter the user left a value in.
 function query(m) {
-  const q = new URLSearchParams({ model: m.name });
+  // A zero-shot model's endpoint names it already (/v1/zero-shot/NAME/TASK).
+  const q = new URLSearchParams(m.task === "zero-shot" ? {} : { model: m.name });
   for (const input of $("params").querySelectorAll("input, select")) {
     if (input.type === "checkbox") q.set(input.name, input.checked ? "true" : "false");
     else if (input.value.trim() !== "") q.set(input.name, input.value.trim());

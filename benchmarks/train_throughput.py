@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None, defaults: dict[str, Any] | None = None) 
         bench_common.write_result(Path(a.json), "train_throughput", argv=sys.argv[1:], torch=torch.__version__,
                                   threads=torch.get_num_threads(), precision=a.precision, runs=a.rounds,
                                   code=bench_common.code_state(), load_average=os.getloadavg()[0],
-                                  optimizer="fused" if os.environ.get("RECOGEN_FUSED_OPTIMIZER") == "1" else "default",
+                                  optimizer="default" if os.environ.get("RECOGEN_FUSED_OPTIMIZER", "1").strip() == "0" else "fused",
                                   results=results)
     return results
 

@@ -22,7 +22,7 @@ METHODS = ["gradcam", "gradcam++", "eigencam", "scorecam", "integrated-gradients
 # Grad-CAM to find its boxes at all (test mAP@.5 0.06): one of width 8 trained 3 epochs on shapes:120
 # (mAP@.5 0.016) put less of its map in the box than chance (0.58 x the box's area share).
 DET_TRAIN = dict(data="shapes:240", image_size=64, model="fcos-s", model_kwargs={"width": 16, "fpn_channels": 32},
-                 epochs=5, batch_size=8, lr=4e-3, augment="none", progress=False, seed=0)
+                 epochs=10, batch_size=8, lr=4e-3, augment="none", progress=False, seed=0)
 SEG_TRAIN = dict(data="shapes:200", image_size=32, model="unet", model_kwargs={"width": 8, "depth": 2}, epochs=12,
                  batch_size=16, lr=1e-2, augment="none", progress=False, seed=0, precision="32-true", loss="ce")
 
@@ -308,14 +308,18 @@ def test_detection_maps_lie_in_their_boxes(det_run):
 
     det = recogen.load(det_run)
     det.card["predict"]["conf"] = 1.0  # no box passes: each image's best box alone (its box 0 by default)
-    ex = recogen.explain(det, _test_images(det_run, 20), method="gradcam")
-    ratio = _inside_ratio([e.map for e in ex], [_region(e) for e in ex])
-    print(f"detection gradcam mass in the box / box area: {ratio:.2f}")
-    # Measured 1.89 (DET_TRAIN, seed 0; the first 20 held-out images of shapes:240; the boxes cover 11%
-    # of the image); Grad-CAM++ 2.9 (15 images). A re-initialised copy 1.19 on its own best boxes, which
-    # cover 0.05%; the less-trained detector of the note above 0.58. EigenCAM is class-agnostic (its map
-    # covers every object): 1.05, not tested here.
-    assert ratio > 1.3, ratio
+    images = _test_images(det_run, 20)
+    ratios = {}
+    for method in ("gradcam", "gradcam++"):
+        ex = recogen.explain(det, images, method=method)
+        ratios[method] = _inside_ratio([e.map for e in ex], [_region(e) for e in ex])
+    print(f"detection map mass in the box / box area: {ratios}")
+    # Measured (DET_TRAIN at 10 epochs; the first 20 held-out images of shapes:240, whose boxes cover 11% of
+    # the image), seeds 0 / 1 / 2, with the fused optimiser: Grad-CAM 1.76 / 1.74 / 1.20, Grad-CAM++ 2.72 /
+    # 2.24 / 1.57; with torch's default one: 1.44 / 1.78 / 1.63 and 2.91 / 2.13 / 2.18. After 5 epochs the
+    # detector (mAP50-95 0.03) was not trained enough for this check: Grad-CAM 0.81-1.96 over the same six runs.
+    # EigenCAM is class-agnostic (its map covers every object): not tested here.
+    assert ratios["gradcam"] > 1.1 and ratios["gradcam++"] > 1.3, ratios
 
 
 def test_segmentation_maps_lie_in_the_class_region(seg_run):

@@ -217,10 +217,11 @@ def test_optimisers_are_fused_where_the_device_has_the_kernel(monkeypatch):
     from recogen.tasks.generate.module import make_optimizer
 
     net = torch.nn.Linear(3, 2)
-    # Off by default (torch's own implementation: the suite's seeded thresholds were measured with it)
+    # On by default; RECOGEN_FUSED_OPTIMIZER=0 gives torch's own implementation back
+    monkeypatch.setenv("RECOGEN_FUSED_OPTIMIZER", "0")
     got = trainer.configure_optimizers(ClassifyConfig(optimizer="adamw", lr=1e-3), net.parameters(), 100)
     assert not got["optimizer"].defaults.get("fused")
-    monkeypatch.setenv("RECOGEN_FUSED_OPTIMIZER", "1")
+    monkeypatch.delenv("RECOGEN_FUSED_OPTIMIZER")
     for opt in ("adamw", "sgd"):
         got = trainer.configure_optimizers(ClassifyConfig(optimizer=opt, lr=1e-3), net.parameters(), 100)
         assert got["optimizer"].defaults["fused"] is True, opt

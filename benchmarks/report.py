@@ -134,7 +134,9 @@ def render_train_throughput(d: dict[str, Any]) -> tuple[str, str]:
     return (f"recogen's training loop against a plain hand-written PyTorch loop of the same model, data, batch, optimiser "
             f"and precision ({d.get('precision', 'fp32')}), torch {d.get('torch', '?')}, {d.get('threads', '?')} threads; "
             "images/s from the wall time between epoch starts (validation, logging and checkpoints inside), median of "
-            f"the epochs after the first, rounds interleaved. Median ratio recogen/plain: {', '.join(per)} "
+            f"the epochs after the first, rounds interleaved. recogen's optimiser: "
+            f"{'fused kernels (the plain loop: torch default)' if d.get('optimizer') == 'fused' else 'torch default (both)'}. "
+            f"Median ratio recogen/plain: {', '.join(per)} "
             f"(target: >= 1.0 for every task). {d.get('remark', '')}").strip(), \
         _table(["task", "setting", "plain img/s", "recogen img/s", "ratio (median)", "CPU-time ratio", "per round"], rows)
 

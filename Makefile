@@ -21,10 +21,11 @@ demo: $(STAMP)
 	$(BIN)/recogen demo --out runs/demo
 
 # Two worker processes (pytest-xdist), one file per worker at a time (module fixtures built once), one
-# thread each (tests/conftest.py): on 2 cores 10 minutes instead of 14.6 for one process (measured).
+# thread each (tests/conftest.py): on 2 cores 10 minutes instead of 14.6 for one process (measured). The 25
+# slowest tests are listed at the end, to keep the suite under its 15 minutes.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # Every benchmark (hours on 2 cores: run on an idle machine), then BENCHMARKS.md rewritten from the results
 # (benchmarks/report.py lists them; `python benchmarks/report.py` alone only rewrites the page). The Keras

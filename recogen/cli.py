@@ -75,6 +75,9 @@ def _task(ns: argparse.Namespace):
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from .hub import preflight
+
+    preflight(getattr(ns, "data", None), getattr(ns, "model", None))  # hf: references, before torch loads
     _task(ns).train(ns.config, **_options(ns))
     return 0
 

@@ -107,6 +107,58 @@ def require_cached(repo_id: str, cached: bool, *, what: str, where: Path | str, 
         f"{instead} (or, online, {fill})")
 
 
+def datasets_cache() -> Path:
+    """``datasets``' own cache folder (``HF_DATASETS_CACHE``, else ``HF_HOME/datasets``), found as the
+    library finds it but without importing it (about 2 s): an offline failure must come before that."""
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets").expanduser()
+
+
+def dataset_cached(name: str) -> bool:
+    """Whether ``datasets`` holds its prepared copy of the set (``owner___name``, the name in snake case:
+    compared without underscores and case, enough to say "something is there"; the library then decides).
+    Offline, ``datasets`` loads a Hub id only from that copy, not from files in the Hub cache."""
+    root = datasets_cache()
+    key = name.replace("/", "").replace("_", "").lower()
+    return root.is_dir() and any(e.is_dir() and e.name.replace("_", "").lower() == key for e in root.iterdir())
+
+
+def require_dataset(name: str) -> bool:
+    """:func:`require_cached` for the Hub data set ``name`` (``--data hf:NAME``)."""
+    return require_cached(
+        name, dataset_cached(name), what="data set", where=datasets_cache(), repo_type="dataset",
+        also=f"in Python datasets.load_dataset({name!r}).save_to_disk(DIR)", instead="--data hf:DIR",
+        fill=f"run this command once with --data hf:{name}: datasets keeps it in its cache")
+
+
+def require_model(ref: str, filename: str, instead: str) -> tuple[bool, Path | None]:
+    """:func:`require_cached` for the Hub model ``ref``, judged by its ``filename`` (e.g. config.json) in
+    the Hub cache: (load from the cache only?, the cached file or None)."""
+    cached = None
+    if hub_cache_dir(ref).is_dir():  # the cache's own folder: without it nothing is cached
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, filename)
+    found = Path(cached) if isinstance(cached, str) else None
+    return require_cached(ref, found is not None, what="model", where=hub_cache_dir(ref).parent, instead=instead), found
+
+
+def preflight(data: str | None, model: str | None) -> None:
+    """The ``hf:`` data set and model of a training command, checked before torch and the libraries load:
+    offline and not cached fails here in well under a second (the loaders check again, and read them)."""
+    if data and data.startswith("hf:"):
+        name = data[3:].partition("?")[0]
+        if name and not Path(name).expanduser().exists() and not looks_like_path(name):
+            name = name.partition(":")[0]
+            if is_repo_id(name):
+                require_dataset(name)
+    if model and model.startswith("hf:"):
+        ref = model[3:]
+        if ref and not Path(ref).expanduser().exists() and not looks_like_path(ref) and is_repo_id(ref):
+            require_model(ref, "config.json", instead="--model hf:DIR")
+
+
 @contextmanager
 def libraries_offline(on: bool = True) -> Iterator[None]:
     """Make huggingface_hub (and datasets, when imported) read only their caches inside the block: they

@@ -4,6 +4,7 @@ the offline fast failure for an id that is neither a folder nor cached."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import time
 
 import numpy as np
@@ -189,3 +190,26 @@ def test_offline_and_not_cached_fails_at_once(task, option, value, needles, tmp_
     rc, out, err = main_in_process(capsys, *args)
     assert time.perf_counter() - t < 1.0
     assert_one_line(rc, err, "not in the Hugging Face cache", "offline mode is set", *needles)
+
+
+def test_offline_train_fails_before_torch_is_imported(tmp_path):
+    """A fresh interpreter, offline, an empty cache: `train` with an hf: data set or model that is not
+    cached stops with its one line before torch, datasets or transformers is imported (the in-process test
+    above has them imported already)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from recogen.cli import main\n"
+            "print(main(['classify', 'train', '--data', 'hf:nobody-x/no-such-set', '--out', sys.argv[1] + '/a']))\n"
+            "print(main(['classify', 'train', '--data', 'digits', '--model', 'hf:nobody-x/no-model', '--out', sys.argv[1] + '/b']))\n"
+            "print(sorted(m for m in ('torch', 'datasets', 'transformers') if m in sys.modules))\n")
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                       env=env, cwd=Path(__file__).resolve().parents[1])
+    assert r.stdout.split("\n")[:3] == ["2", "2", "[]"], r.stdout + r.stderr
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 2 and "Traceback" not in r.stderr, r.stderr
+    assert errors[0].startswith("error: data set nobody-x/no-such-set is not in the Hugging Face cache"), errors[0]
+    assert errors[1].startswith("error: model nobody-x/no-model is not in the Hugging Face cache"), errors[1]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written

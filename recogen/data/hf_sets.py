@@ -22,7 +22,6 @@ command that fetches it (:func:`recogen.hub.require_cached`).
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
-from ..hub import is_repo_id, libraries_offline, looks_like_path, require_cached
+from ..hub import is_repo_id, libraries_offline, looks_like_path, require_dataset
 from . import DATASETS
 from .base import DataOptions, ImageSet, ImageSplits, finish_splits
 from .dense import DENSE_DATASETS, DenseSet, DenseSplits, split_dense
@@ -72,23 +71,6 @@ def parse_hf_spec(arg: str | None) -> HFSpec:
     return HFSpec(name, config or None, opts)
 
 
-def datasets_cache() -> Path:
-    """``datasets``' own cache folder (``HF_DATASETS_CACHE``, else ``HF_HOME/datasets``), found as the
-    library finds it but without importing it (about 2 s): an offline failure must come before that."""
-    from huggingface_hub import constants
-
-    return Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets").expanduser()
-
-
-def _is_cached(name: str) -> bool:
-    """Whether ``datasets`` holds its prepared copy of the set (``owner___name``, the name in snake case:
-    compared without underscores and case, enough to say "something is there"; the library then decides).
-    Offline, ``datasets`` loads a Hub id only from that copy, not from files in the Hub cache."""
-    root = datasets_cache()
-    key = name.replace("/", "").replace("_", "").lower()
-    return root.is_dir() and any(e.is_dir() and e.name.replace("_", "").lower() == key for e in root.iterdir())
-
-
 def load_hf(spec: HFSpec):
     """The ``datasets.DatasetDict`` of ``spec`` (a single Dataset becomes its ``train`` split)."""
     path = Path(spec.name).expanduser()
@@ -96,10 +78,7 @@ def load_hf(spec: HFSpec):
     if not path.exists():
         if looks_like_path(spec.name) or not is_repo_id(spec.name):
             raise DataError(f"hf:{spec.name}: no such folder, and not a Hub id (owner/name); {USAGE}")
-        local_only = require_cached(
-            spec.name, _is_cached(spec.name), what="data set", where=datasets_cache(), repo_type="dataset",
-            also=f"in Python datasets.load_dataset({spec.name!r}).save_to_disk(DIR)", instead="--data hf:DIR",
-            fill=f"run this command once with --data hf:{spec.name}: datasets keeps it in its cache")
+        local_only = require_dataset(spec.name)
     import datasets  # before libraries_offline: datasets reads the offline flag when first imported
 
     try:

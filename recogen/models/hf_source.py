@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ModelError
-from ..hub import hub_cache_dir, is_repo_id, libraries_offline, looks_like_path, require_cached
+from ..hub import hub_cache_dir, is_repo_id, libraries_offline, looks_like_path, require_model
 from .parts import HEAD_ATTR, STEM_ATTR
 
 CONFIG = "config.json"
@@ -56,15 +56,8 @@ def locate(ref: str) -> HFRef:
         raise ModelError(f"no such folder: {ref}; pass --model hf:DIR (a transformers model folder) or hf:OWNER/NAME")
     if not is_repo_id(ref):
         raise ModelError(f"hf:{ref} is neither a folder nor a valid Hub id (owner/name)")
-    cached = None
-    if hub_cache_dir(ref).is_dir():  # the cache's own folder: without it nothing is cached
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(ref, CONFIG)
-    is_cached = isinstance(cached, str)
-    local_only = require_cached(ref, is_cached, what="model", where=hub_cache_dir(ref).parent,
-                                instead="--model hf:DIR")
-    return HFRef(ref, ref, local_only, Path(cached).parent if is_cached else None)
+    local_only, cached = require_model(ref, CONFIG, instead="--model hf:DIR")
+    return HFRef(ref, ref, local_only, cached.parent if cached else None)
 
 
 def _json_file(r: HFRef, name: str) -> dict[str, Any] | None:

@@ -80,13 +80,15 @@ def finetune_pipeline(model: str | None = None, data: Any = None, out: Any = Non
                                    dtype=dtype).items() if v is not None}
     # 1. everything checkable without torch: options, run folder, images and captions, where the model is
     run, cfg = _plan(out, given, resume)
+    # The model first: where it is (or that it cannot be had offline) is known in well under a second,
+    # while listing and fingerprinting a large image folder can take many.
+    source = hub.resolve(cfg["model"])
     examples, captions = read_examples(cfg["data"], cfg["prompt"])
     fingerprint = _fingerprint(examples, cfg["data"])
     if resume and cfg.get("data_fingerprint") not in (None, fingerprint):
         raise RunError(f"the images or captions in {cfg['data']} changed since the run in {run} began "
                        f"({cfg.get('images')} images then, {len(examples)} now); --resume needs the same data: "
                        "start a new run (another --out) to train on the new set")
-    source = hub.resolve(cfg["model"])
     device = dev.pick_device(cfg["device"])
     wdtype = "float32" if cfg["method"] == "full" else dev.pick_dtype(cfg["dtype"], device)
     dev.check_fits(source.folder, device, wdtype, False, source.ref)

@@ -228,6 +228,9 @@ BENCHMARKS: list[Bench] = [
           gpu=True),
     Bench("gpu_speed_recipe", "GPU: `--recipe speed` throughput on 50,000 CIFAR-shaped images against a plain loop and ResNet-18",
           _b("speed_recipe.py", "--n", "50000", "--json", str(RESULTS / "gpu_speed_recipe.json")), gpu=True),
+    # Needs the model's files on the GPU machine (it has no network): --model DIR of a copied `hf download`.
+    Bench("gpu_text2img", "GPU: text-to-image latency and memory of Stable Diffusion 1.5 (`recogen.text2img`)",
+          _b("text2img_latency.py", "--json", str(RESULTS / "gpu_text2img.json")), gpu=True, cost="~5 min"),
 ]
 
 

@@ -51,3 +51,17 @@ def test_explain_latency_quick(monkeypatch, tmp_path, capsys):
     assert methods == {"gradcam", "gradcam++", "eigencam", "scorecam", "integrated-gradients"}
     assert all(row["median_ms"] > 0 and row["model"] == "cnn-s" for row in r["rows"])
     assert "| cnn-s | classify |" in capsys.readouterr().out
+
+
+def test_text2img_latency_runs_on_the_tiny_pipeline(monkeypatch, tmp_path, capsys):
+    """benchmarks/text2img_latency.py end to end on the tests' tiny random pipeline (CPU; figures mean
+    nothing): a result the report can render, with the rounds, the model and the peak memory."""
+    from pipeline_fixtures import tiny_pipeline_dir
+
+    out = tmp_path / "t.json"
+    run_script(monkeypatch, "text2img_latency.py", "--model", str(tiny_pipeline_dir()), "--steps", "2", "--size", "32",
+               "--rounds", "2", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert r["benchmark"] == "text2img_latency" and r["pipeline"] == "StableDiffusionPipeline"
+    assert len(r["seconds"]) == 2 and r["median_s"] > 0 and r["peak_gib"] > 0 and (r["width"], r["height"]) == (32, 32)
+    assert "median" in r["summary"] and len(r["table"]["rows"]) == 2

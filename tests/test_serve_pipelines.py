@@ -337,3 +337,54 @@ def test_page_runs_the_text2img_form_and_shows_the_apis_image(app, tmp_path):
         assert pg.input_value("#pipe-prompt") == PROMPT and pg.input_value("#pipe-strength") == "1"
         pg.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def test_requests_queued_for_a_slow_model_leave_the_others_and_the_thread_pool_free(tiny, monkeypatch):
+    """Requests wait for a busy model's turn in the event loop, not in worker threads: with the thread pool
+    cut to 3 workers and 6 requests queued behind a slow model, another model still answers at once; past
+    the queue bound a request gets 503 with Retry-After instead of waiting."""
+    import asyncio
+    import threading
+    import time
+
+    import anyio
+    import httpx
+
+    from recogen.serve import app as app_module
+    from recogen.serve import create_app
+    from recogen.serve.pipelines import ServedPipeline
+
+    app = create_app(pipelines=[f"slow={tiny}", f"fast={tiny}"], **LIMITS)
+    release = threading.Event()
+    real_run = ServedPipeline.run
+
+    def run(self, cap, images, p):
+        if self.name == "slow":
+            release.wait(20)  # busy until the test has seen the fast model answer
+        return real_run(self, cap, images, p)
+
+    monkeypatch.setattr(ServedPipeline, "run", run)
+    monkeypatch.setattr(app_module, "MAX_QUEUE", 6)
+    body = {"prompt": "x", "steps": 1, "size": 32}
+
+    async def scenario():
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 3
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            slow = [asyncio.create_task(c.post("/v1/pipelines/slow/text2img", json=body)) for _ in range(7)]
+            await asyncio.sleep(0.5)  # all queued: one running (blocked), six waiting for their turn
+            over = await c.post("/v1/pipelines/slow/text2img", json=body)
+            t0 = time.perf_counter()
+            fast = await asyncio.wait_for(c.post("/v1/pipelines/fast/text2img", json=body), 15)
+            fast_s = time.perf_counter() - t0
+            release.set()
+            done = await asyncio.gather(*slow)
+        return over, fast, fast_s, done
+
+    try:
+        over, fast, fast_s, done = asyncio.run(scenario())  # the thread limit is this event loop's only
+    finally:
+        release.set()
+    assert fast.status_code == 200, (fast.text, fast_s)  # not stuck behind the slow model's queue (wait_for: 15 s)
+    assert over.status_code == 503 and over.headers.get("retry-after") and "waiting" in over.json()["error"], over.text
+    assert [r.status_code for r in done] == [200] * 7

@@ -51,6 +51,9 @@ ERROR_RESPONSES = {s: {"description": d, "content": {"application/json": {"examp
                                 (415, "unsupported content type"), (422, "invalid parameters")]}
 
 
+MAX_QUEUE = 32  # requests that may wait for one model; more are answered 503 (Retry-After)
+
+
 def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str = "cpu", max_upload_mb: float = 10,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE, max_generate: int = 64,
                api_key: Optional[str] = None, body_timeout: float = DEFAULT_BODY_TIMEOUT,
@@ -137,7 +140,7 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {"Retry-After": "5"} if exc.status == 503 else None
         return _error(request, exc.status, exc.message, exc.kind, headers)
 
     @app.exception_handler(UserError)
@@ -179,15 +182,40 @@ def create_app(runs: Sequence[Any] = (), *, backend: str = "torch", device: str 
         raise ApiError(404, f"no {task} model is served; start the server with a {task} run (GET /v1/models)",
                        "unknown_model")
 
-    async def run_locked(m: Served, fn):
+    # One prediction at a time per model, other models in parallel. A request waits for its model's turn
+    # in the event loop (a limiter of one per model lock), not in a worker thread: requests queued behind a
+    # slow model (a diffusion pipeline: seconds to minutes) must not fill the thread pool that every other
+    # model, body and image decode needs. The queue per model is bounded (503 with Retry-After beyond it).
+    gates: dict[int, Any] = {}
+    waiting: dict[int, int] = {}
+
+    async def run_locked(m: Served, fn, request: Optional[Request] = None):
+        import anyio
+
+        key = id(m.lock)  # models that share a predictor share its lock, and so its turn
+        gate = gates.setdefault(key, anyio.CapacityLimiter(1))
+        if waiting.get(key, 0) >= MAX_QUEUE:
+            raise ApiError(503, f"model {m.name!r} has {MAX_QUEUE} requests waiting; retry later", "busy")
+
         def call():
-            with m.lock:  # one prediction at a time per model; other models run in parallel
+            with m.lock:  # also taken by explain's copy of a model (serve/explain.py)
                 t0 = time.perf_counter()
                 out = fn()
                 metrics.inference.labels(m.name, m.task).observe(time.perf_counter() - t0)
                 return out
 
-        return await run_in_threadpool(call)
+        waiting[key] = waiting.get(key, 0) + 1
+        queued = True
+        try:
+            async with gate:
+                waiting[key] -= 1
+                queued = False
+                if request is not None and await request.is_disconnected():  # the client left while it waited
+                    raise ApiError(499, "the client closed the connection before its turn", "client_gone")
+                return await anyio.to_thread.run_sync(call)
+        finally:
+            if queued:  # cancelled while waiting
+                waiting[key] -= 1
 
     # ---------------------------------------------------------------------- endpoints
     def add_predict_route(spec, cls) -> None:

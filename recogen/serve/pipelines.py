@@ -326,7 +326,7 @@ def add_pipeline_routes(app: Any, served: dict[str, Any], *, protected: list, re
             # decoded and checked outside the model's lock: a large upload does not stall other requests
             images = await run_in_threadpool(lambda: {k: decode_image(v, max_pixels, max_side) for k, v in raw.items()})
             _check_size(m, cap, p, images.get("image"), limits)
-            res = await run_locked(m, lambda: m.run(cap, images, p))
+            res = await run_locked(m, lambda: m.run(cap, images, p), request)
             pngs = await run_in_threadpool(lambda: [_png(im) for im in res.images])
             if png:
                 return Response(pngs[0], media_type="image/png", headers={

@@ -309,12 +309,12 @@ def add_zero_shot_routes(app: Any, served: dict[str, Any], *, protected: list, r
                 raise ApiError(422, need, "invalid_params")
             kw = options(p, max_labels)
             png = _wants_png(request)
+            if png and task != "segment":  # before any work: only a segmentation has a picture for an answer
+                raise ApiError(406, f"{task} answers are JSON; image/png is the answer of a segmentation "
+                                    "(its mask)", "not_acceptable")
             image = await run_in_threadpool(decode_image, data, max_pixels, max_side)  # outside the model's lock
-            result = await run_locked(m, lambda: m.predictor.predict(image, **kw))
+            result = await run_locked(m, lambda: m.predictor.predict(image, **kw), request)
             if png:
-                if "mask" not in result:
-                    raise ApiError(406, f"{task} answers are JSON; image/png is the answer of a segmentation "
-                                        "(its mask)", "not_acceptable")
                 from ..data.images import encode_png
                 from ..tasks.segment.predict import mask_image
 

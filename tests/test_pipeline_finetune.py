@@ -263,6 +263,9 @@ def test_captions_from_metadata_or_text_files(tmp_path):
     (tmp_path / "1.txt").unlink()
     with pytest.raises(DataError, match=r"1 of 3 images .* no caption .* \(first: 1.png\)"):
         read_examples(tmp_path)
+    (tmp_path / "1.txt").write_bytes(b"\xff\xfe not UTF-8")  # a user's file in another encoding: its name, not a traceback
+    with pytest.raises(DataError, match=r"cannot read the caption .*1\.txt .*UTF-8"):
+        read_examples(tmp_path)
 
 
 def test_mistakes_are_one_error_line(tiny, images, lora_run, tmp_path, capsys):
@@ -304,6 +307,8 @@ def test_mistakes_are_one_error_line(tiny, images, lora_run, tmp_path, capsys):
          "no such file or folder"),
         (["generate", "text2img", "--model", tiny, "--prompt", PROMPT, "--lora", empty, "--out", "o.png"],
          "no pytorch_lora_weights.safetensors"),
+        (["generate", "text2img", "--model", tiny, "--prompt", PROMPT, "--lora-scale", "0.5", "--out", "o.png"],
+         "--lora-scale 0.5 needs --lora"),
     ]
     for args, message in cases:
         rc, _, err = main_in_process(capsys, *args)

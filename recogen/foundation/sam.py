@@ -87,10 +87,12 @@ class PromptSegmenter(FoundationPredictor):
         predict --save`` does ("mask_path", "overlay_path")."""
         from ..tasks.segment.predict import save_prediction
 
-        results = self.predict([str(f) for f in files], **options)
-        stems = unique_stems(r["path"] for r in results)
+        files = [str(f) for f in files]
         out = []
-        for r, stem in zip(results, stems):
+        # One image at a time: a mask and an overlay at the image's own size are kept only until saved
+        # (for hundreds of large photos, all of them at once would not fit in memory).
+        for path, stem in zip(files, unique_stems(files)):
+            r = self.predict(path, **options)
             item = {k: r[k] for k in ("path", "size", "class_pixels", "scores")}
             if out_dir is not None:
                 written = save_prediction(r, r["path"], out_dir, stem)

@@ -58,6 +58,8 @@ def load_pipeline(kind: str, model: str, device: str = "auto", dtype: str = "aut
     source = hub.resolve(model)
     from . import lora as lora_mod
 
+    if lora is None and lora_scale != 1.0:  # a scale with nothing to scale is a mistake, not a no-op
+        raise ConfigError(f"--lora-scale {lora_scale:g} needs --lora RUN (the adapters it scales)")
     lora_file = lora_mod.lora_file(lora) if lora is not None else None
     lora_scale = lora_mod.check_scale(lora_scale)
     device = dev.pick_device(device)

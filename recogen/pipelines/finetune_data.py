@@ -57,8 +57,7 @@ def read_examples(folder: Any, prompt: str | None = None) -> tuple[list[Example]
         captions = _read_metadata(root)
         source = METADATA
     else:
-        captions = {p: p.with_suffix(".txt").read_text(encoding="utf-8").strip()
-                    for p in images if p.with_suffix(".txt").is_file()}
+        captions = {p: _read_caption(p.with_suffix(".txt")) for p in images if p.with_suffix(".txt").is_file()}
         source = ".txt files"
         if not captions:
             raise DataError(f"no captions for the images in {root}: pass --prompt \"a photo of sks dog\" (one caption "
@@ -68,6 +67,14 @@ def read_examples(folder: Any, prompt: str | None = None) -> tuple[list[Example]
         raise DataError(f"{len(missing)} of {len(images)} images in {root} have no caption in the {source} (first: "
                         f"{missing[0].relative_to(root)}); add them, or pass --prompt for one caption for all")
     return [Example(p, captions[p]) for p in images], source
+
+
+def _read_caption(path: Path) -> str:
+    """A same-name ``.txt`` caption; an unreadable or non-UTF-8 file is a DataError naming it."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the caption {path} ({type(e).__name__}: {e}); save it as UTF-8 text") from None
 
 
 def _read_metadata(root: Path) -> dict[Path, str]:

@@ -343,8 +343,8 @@ def _interrupted(run: Path, ckpt: Path) -> str:
             step = None
         what = f"step {step} is saved" if step is not None else "the last checkpoint is saved"
         return f"interrupted; {what} in {ckpt} (continue with: recogen generate finetune --out {run} --resume)"
-    return (f"interrupted before the first checkpoint: nothing was saved in {run}; run the same command with "
-            f"--resume (or again) to start over")
+    return (f"interrupted before the first checkpoint: no training step was saved in {run}; start over with "
+            f"`recogen generate finetune --out {run} --resume` (its settings are kept in config.yaml)")
 
 
 def _write_history(run: Path, losses: list[float]) -> None:

@@ -156,13 +156,17 @@ def test_hf_model_wraps_logits_head_and_preprocessing(hf):
 
 
 def test_classify_train_eval_predict_with_hf_model_and_data(hf, tmp_path, capsys, monkeypatch):
-    run = tmp_path / "run"
+    import shutil
+
+    run, vit = tmp_path / "run", tmp_path / "vit"
+    shutil.copytree(hf / "vit", vit)  # a copy: it is moved away below
     rc, out, err = main_in_process(
-        capsys, "classify", "train", "--data", f"hf:{hf / 'cls'}", "--model", f"hf:{hf / 'vit'}", "--pretrained",
+        capsys, "classify", "train", "--data", f"hf:{hf / 'cls'}", "--model", f"hf:{vit}", "--pretrained",
         "--epochs", "1", "--batch-size", "16", "--out", run, "--no-progress")
     assert rc == 0, err[-2000:]
     card = json.loads((run / "model.json").read_text())
-    assert card["model"] == f"hf:{hf / 'vit'}" and card["classes"] == CLASSES and card["image_size"] == 32
+    assert card["model"] == f"hf:{vit}" and card["classes"] == CLASSES and card["image_size"] == 32
+    assert card["model_kwargs"]["hf_config"]["model_type"] == "vit"  # the architecture travels with the run
     assert card["normalize"] == {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}  # the image processor's
     # The portable model reloads from the local folder with the network forbidden.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -171,8 +175,13 @@ def test_classify_train_eval_predict_with_hf_model_and_data(hf, tmp_path, capsys
     assert json.loads(out)["num_images"] == 12
     image = tmp_path / "blue.png"
     _colour(np.random.default_rng(1), 2).save(image)
-    rc, out, err = main_in_process(capsys, "classify", "predict", run, image)
-    assert rc == 0 and out.startswith(f"{image}: "), err[-2000:]
+    rc, out, err = main_in_process(capsys, "classify", "predict", run, image, "--json")
+    assert rc == 0, err[-2000:]
+    # The model folder moves away (or the run is copied to another machine): the run still predicts the same.
+    vit.rename(tmp_path / "moved")
+    rc, out2, err = main_in_process(capsys, "classify", "predict", run, image, "--json")
+    assert rc == 0, err[-2000:]
+    assert json.loads(out2) == json.loads(out)
 
 
 # ------------------------------------------------------------------------------------------- offline

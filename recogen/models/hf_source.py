@@ -87,6 +87,11 @@ def _json_file(r: HFRef, name: str) -> dict[str, Any] | None:
 def _task(ref: str) -> str | None:
     """classify for an image classifier (or a backbone a classification head can go on); a model of
     another task (text, detection...) is a ModelError saying what it is."""
+    path = Path(ref).expanduser()
+    if path.is_absolute() and not path.exists():
+        # a run's model folder that has moved: the run's card holds its config (see _portable), and the hf
+        # source builds image classifiers only
+        return "classify"
     config = _json_file(locate(ref), CONFIG) or {}
     archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     other = [a for a in archs if "For" in a and "ForImageClassification" not in a]
@@ -175,7 +180,17 @@ def _head_and_stem(net: nn.Module, num_classes: int) -> tuple[tuple[str, ...], s
     return heads, stem
 
 
+def _portable(model: Any) -> dict[str, Any]:
+    """``{"hf_config": the built model's transformers config}``: a run's card keeps it, so the architecture
+    is rebuilt from the card (its weights are the run's own) wherever the run goes."""
+    net = getattr(model, "net", None)
+    return {"hf_config": json.loads(net.config.to_json_string(use_diff=False))} if net is not None else {}
+
+
 def _build(ref: str, *, num_classes: int, in_chans: int, image_size: int, pretrained: bool, **kw: Any) -> HFClassifier:
+    saved = kw.pop("hf_config", None)
+    if saved is not None and not pretrained:
+        return _from_saved(saved, num_classes, in_chans)
     r = locate(ref)
     import torch
     import transformers
@@ -203,8 +218,26 @@ def _build(ref: str, *, num_classes: int, in_chans: int, image_size: int, pretra
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.logging.enable_progress_bar()
+    return _wrapped(net, num_classes, in_chans)
+
+
+def _wrapped(net: nn.Module, num_classes: int, in_chans: int) -> HFClassifier:
     model = HFClassifier(net, in_chans).train()  # from_pretrained returns eval mode; recogen builds in train mode
     heads, stem = _head_and_stem(net, num_classes)
     setattr(model, HEAD_ATTR, heads)
     setattr(model, STEM_ATTR, stem)
     return model
+
+
+def _from_saved(saved: dict[str, Any], num_classes: int, in_chans: int) -> HFClassifier:
+    """The architecture of a run's card (its ``hf_config``), fresh weights: no model folder or network."""
+    import torch
+    from transformers import CONFIG_MAPPING, AutoModelForImageClassification
+
+    kind = saved.get("model_type")
+    if kind not in CONFIG_MAPPING:
+        raise ModelError(f"the run's model config is of type {kind!r}, which this transformers does not know; "
+                         "install the transformers version the run was trained with")
+    config = CONFIG_MAPPING[kind].from_dict(saved)
+    config.num_labels = num_classes
+    return _wrapped(AutoModelForImageClassification.from_config(config, dtype=torch.float32), num_classes, in_chans)

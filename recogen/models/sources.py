@@ -38,6 +38,7 @@ class Source:
     preprocessing: Callable[[str], dict[str, Any]]  # arch -> {"mean", "std", "input_size"} of its weights
     cache_file: Callable[[str], Path]  # arch -> where the library looks for its published weights
     canonical: Callable[[str], str] = str  # arch -> the form a run's card keeps (hf: a local folder made absolute)
+    portable: Callable[[Any], dict[str, Any]] | None = None  # built model -> extra kwargs that rebuild it anywhere
 
 
 SOURCES: dict[str, Source] = {}
@@ -119,6 +120,15 @@ def canonical_name(name: str) -> str:
     """``name`` as a run's card keeps it: ``hf:./folder`` becomes ``hf:/abs/folder``; others unchanged."""
     found = split_name(name)
     return name if found is None else f"{found[0].prefix}:{found[0].canonical(found[1])}"
+
+
+def portable_kwargs(name: str, model: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments a run's card keeps for ``name``: ``kwargs``, plus what the source needs to
+    rebuild the architecture without the files it was built from (``hf:``: the model's config, so a run
+    keeps working when the model folder moves or the run is copied to another machine)."""
+    found = split_name(name)
+    extra = found[0].portable(model) if found is not None and found[0].portable is not None else None
+    return {**kwargs, **extra} if extra else dict(kwargs)
 
 
 def preprocessing(name: str) -> dict[str, Any] | None:
@@ -393,7 +403,8 @@ SOURCES["tv"] = Source("tv", "every torchvision classification, detection and se
 SOURCES["timm"] = Source("timm", "every timm model", _timm_names, lambda a: _timm_task(a.split(".")[0]), _timm_build,
                          _timm_preprocessing, _timm_cache_file)
 SOURCES["hf"] = Source("hf", "any Hugging Face image classifier (transformers), by Hub id or local folder", _hf("_names"),
-                       _hf("_task"), _hf("_build"), _hf("_preprocessing"), _hf("_cache_file"), _hf("_canonical"))
+                       _hf("_task"), _hf("_build"), _hf("_preprocessing"), _hf("_cache_file"), _hf("_canonical"),
+                       _hf("_portable"))
 
 
 # ------------------------------------------------------------------- placing hand-copied weight files

@@ -82,8 +82,12 @@ class ClassifyTask(Task):
         mean, std = self.normalization(cfg, splits)  # predict and serve normalise as training did
         from .speed import tta_mode  # test-time augmentation: eval, predict and serve apply it (predict.py)
 
-        return {**super().card(cfg, model, splits), "normalize": {"mean": mean, "std": std}, "hflip_ok": splits.hflip_ok,
+        card = {**super().card(cfg, model, splits), "normalize": {"mean": mean, "std": std}, "hflip_ok": splits.hflip_ok,
                 "tta": tta_mode(cfg, splits.hflip_ok)}
+        from ...models.sources import portable_kwargs
+
+        card["model_kwargs"] = portable_kwargs(cfg.model, model, card["model_kwargs"])
+        return card
 
     def evaluate_model(self, model, card, ds, run, split, data, has_test=None):
         from .predict import evaluate_model

@@ -158,7 +158,7 @@ def test_segment_answers_the_python_apis_mask_as_png_or_json(client, tiny):
     ("clip/classify", {"labels": "a,b", "topk": 0}, 422, ["topk"]),
     ("clip/classify", {"labels": "a,b", "prompt_template": "no braces"}, 422, ["{}"]),
     ("clip/classify", {"labels": "a,b", "points": "1,1"}, 422, ["points"]),
-    ("owl/detect", {"labels": "a", "score_threshold": 2}, 422, ["score threshold"]),
+    ("owl/detect", {"labels": "a", "score_threshold": 2}, 422, ["score_threshold", "less than or equal to 1"]),  # before inference
     ("sam/segment", {}, 422, ["points or boxes"]),
     ("sam/segment", {"points": "100,10"}, 422, ["outside", "56x40"]),
     ("sam/segment", {"points": "1,2,3,4"}, 422, ["X,Y"]),

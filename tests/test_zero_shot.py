@@ -225,6 +225,9 @@ def test_offline_missing_model_fails_fast_without_importing_torch(tmp_path, imag
     (["classify", "predict", "--model", "CLIP", "--labels", "a,a", "IMG"], ["duplicates: a"]),
     (["classify", "predict", "--model", "CLIP", "--labels", "a,b", "--prompt-template", "a {} {}", "IMG"], ["exactly once"]),
     (["segment", "predict", "--model", "SAM", "--points", "1,2,3", "IMG"], ["LABEL 1"]),
+    # checked while parsing, before the model loads (the model here is an id that cannot be had offline)
+    (["detect", "predict", "--model", "owl:nobody/no-owl", "--labels", "a", "--score-threshold", "2", "IMG"],
+     ["--score-threshold", "from 0 to 1"]),
 ])
 def test_mistakes_are_one_line_errors(models, images, tiny_folder_run, args, needles, capsys):
     subst = {"IMG": images[0], "RUN": str(tiny_folder_run), "CLIP": f"clip:{models['clip']}", "SAM": f"sam:{models['sam']}"}

@@ -65,6 +65,18 @@ def _numbers(item: Any, flag: str, form: str) -> list[float]:
         raise ConfigError(f"{flag}: expected {form} (numbers in pixels), got {item!r}") from None
 
 
+def unit_interval(text: str) -> float:
+    """argparse type of a score threshold: a number from 0 to 1 (checked while parsing, before a large
+    model loads)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {v:g}")
+    return v
+
+
 def argtype(parse: Callable[[str], Any], **kw: Any) -> Callable[[str], str]:
     """An argparse ``type`` that checks a value with ``parse`` (its ConfigError becomes argparse's own
     one-line error) and keeps the text: the family's function reads it again."""

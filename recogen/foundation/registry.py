@@ -17,7 +17,8 @@ from typing import Any
 from ..errors import ConfigError, ModelError
 from ..tasks.spec import Flag
 from .hf import Source, resolve
-from .options import PROMPT_TEMPLATE, argtype, check_template, parse_boxes, parse_labels, parse_points
+from .options import (PROMPT_TEMPLATE, argtype, check_template, parse_boxes, parse_labels, parse_points,
+                      unit_interval)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ register(ZeroShot(
                              "help": f"--model owl: {_LABELS_HELP}"}),
            Flag("--prompt-template", {"type": argtype(check_template), "metavar": "TEXT",
                                       "help": f"--model owl: {_TEMPLATE_HELP}"}),
-           Flag("--score-threshold", {"type": float, "metavar": "S",
+           Flag("--score-threshold", {"type": unit_interval, "metavar": "S",
                                       "help": "--model owl: minimum score of a box (default 0.1)"})),
     task_flags=("iou", "max_det", "save"), needs=(("--labels",),), example="google/owlv2-base-patch16-ensemble"))
 register(ZeroShot(

@@ -152,6 +152,10 @@ def _flag_field(flag: Any, required: bool) -> tuple[Any, Any]:
     number for ``type=float``, else text (what the CLI's parser reads)."""
     help_ = re.sub(r"^--model [a-z0-9_]+: ", "", flag.kwargs.get("help", ""))
     title = flag.dest.replace("_", " ").capitalize()
+    from ..foundation.options import unit_interval
+
+    if flag.kwargs.get("type") is unit_interval:  # a score threshold: the CLI's range, checked by pydantic
+        return Optional[float], Field(None, ge=0, le=1, allow_inf_nan=False, title=title, description=help_)
     if flag.kwargs.get("type") is float:
         return Optional[float], Field(None, allow_inf_nan=False, title=title, description=help_)
     kind = Annotated[Optional[str], BeforeValidator(_list_text)]

@@ -87,15 +87,20 @@ def param_list(cls: Any, skip: tuple[str, ...] = ("model",)) -> list[dict[str, A
     return params
 
 
-def _unique_name(path: Path, task: str, taken: set[str]) -> str:
-    """The run folder's name; on a clash ``name-task``, then ``name-task-2``..."""
-    base = path.name if path.is_dir() else path.parent.name
+def free_name(base: str, kind: str, taken: set[str]) -> str:
+    """``base`` if no served model has it; else ``base-kind``, then ``base-kind-2``... (runs, pipelines and
+    zero-shot models are named this way)."""
     name, k = base, 2
     if name in taken:
-        name = f"{base}-{task}"
+        name = f"{base}-{kind}"
     while name in taken:
-        name, k = f"{base}-{task}-{k}", k + 1
+        name, k = f"{base}-{kind}-{k}", k + 1
     return name
+
+
+def _unique_name(path: Path, task: str, taken: set[str]) -> str:
+    """The run folder's name; on a clash ``name-task``, then ``name-task-2``..."""
+    return free_name(path.name if path.is_dir() else path.parent.name, task, taken)
 
 
 def load_models(runs: list[str | Path], backend: str = "torch", device: str = "cpu") -> dict[str, Served]:

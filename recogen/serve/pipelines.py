@@ -133,20 +133,17 @@ def load_pipelines(specs: Any, device: str = "cpu", dtype: str = "auto",
     else it gets ``-pipeline`` (``-pipeline-2``...) added, as run names do.
     """
     from ..pipelines import core
+    from .models import free_name
 
     caps = servable()
     kinds = [c.name for c in caps if c.name in core.AUTO_CLASSES]
     names = set(taken)
     out: dict[str, ServedPipeline] = {}
     for name, ref, named in parse_specs(specs):
-        if name in names:
-            if named:
-                raise ConfigError(f"two served models are called {name!r}; give the pipeline another name "
-                                  "(--pipeline NAME=ID_OR_DIR)")
-            base, k = name, 2
-            name = f"{base}-pipeline"
-            while name in names:
-                name, k = f"{base}-pipeline-{k}", k + 1
+        if name in names and named:
+            raise ConfigError(f"two served models are called {name!r}; give the pipeline another name "
+                              "(--pipeline NAME=ID_OR_DIR)")
+        name = free_name(name, "pipeline", names)
         pipe, facts = core.load_pipeline(kinds[0] if kinds else "text2img", ref, device=device, dtype=dtype)
         unet = getattr(pipe, "unet", None)
         # A dedicated inpainting checkpoint's UNet reads 4 latent + 1 mask + 4 masked-image channels:

@@ -107,18 +107,15 @@ def load_zero_shot(specs: Any, device: str = "cpu", taken: Sequence[str] = ()) -
     explicitly, else it gets ``-zero-shot`` (``-zero-shot-2``...) added, as run names do.
     """
     from ..foundation.registry import parse_model
+    from .models import free_name
 
     names = set(taken)
     out: dict[str, ServedZeroShot] = {}
     for name, ref, named in parse_specs(specs):
-        if name in names:
-            if named:
-                raise ConfigError(f"two served models are called {name!r}; give the model another name "
-                                  "(--zero-shot NAME=PREFIX:ID_OR_DIR)")
-            base, k = name, 2
-            name = f"{base}-zero-shot"
-            while name in names:
-                name, k = f"{base}-zero-shot-{k}", k + 1
+        if name in names and named:
+            raise ConfigError(f"two served models are called {name!r}; give the model another name "
+                              "(--zero-shot NAME=PREFIX:ID_OR_DIR)")
+        name = free_name(name, "zero-shot", names)
         entry, location = parse_model(ref)
         predictor = entry.load(location, device=device)
         # The foundation loader hands the same object for the same model: one model, one lock.

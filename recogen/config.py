@@ -270,10 +270,11 @@ class GenerateConfig(TrainConfig):
     width: int | None = None
     latent_dim: int | None = None
     beta: float | None = None
+    prior: str | None = None
     loss: str = "auto"
     spectral_norm: bool = False
     ema: float | None = None
-    conditional: bool = False
+    conditional: bool | None = None
     steps: int | None = None
     sampler: str | None = None
     guidance: float | None = None
@@ -340,10 +341,13 @@ OPTION_HELP: dict[str, str] = {
     "width": "base channel width of the generative network (default: per model)",
     "latent_dim": "size of the latent vector z (vae, dcgan)",
     "beta": "weight of the KL term of the VAE (beta-VAE; default 1)",
+    "prior": "latent prior a vae samples from: gmm (a Gaussian mixture fitted to the training images' latents after "
+             "training; the default) or normal (N(0, I))",
     "loss": "generate: GAN loss nonsaturating, hinge or wgan-gp; segment: ce or ce+dice (cross-entropy plus soft Dice)",
     "spectral_norm": "spectral normalisation in the GAN discriminator",
     "ema": "decay of the EMA of the generator/UNet weights used for sampling (0 turns it off)",
-    "conditional": "class-conditional model (sample a class with `generate sample --class`)",
+    "conditional": "class-conditional model (sample a class with `generate sample --class`; samples without --class "
+                   "follow the training images' class mix); default: on when the data has 2+ classes",
     "steps": "sampling steps of ddpm (default 15)",
     "sampler": "ddpm sampler: ddim (default) or dpm++ (DPM-Solver++ 2M, with thresholding)",
     "guidance": "classifier-free guidance scale of a conditional ddpm (1 = none)",

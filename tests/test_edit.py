@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 16
 BASE = dict(data="digits", image_size=SIZE, progress=False, seed=0)
 RECIPES = {
-    "vae": dict(model="vae", width=8, latent_dim=8, epochs=25, limit=768),
+    "vae": dict(model="vae", width=8, latent_dim=8, epochs=25, limit=768, conditional=False),  # latent arithmetic
     "dcgan": dict(model="dcgan", width=8, epochs=10, limit=768),
     # Conditional: covers the "no class" mode (inversion, SDEdit, RePaint) and the class swap.
     "ddpm": dict(model="ddpm", width=8, conditional=True, epochs=3, limit=512, steps=10),

@@ -41,6 +41,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+def uncond(tmp_path_factory) -> Path:
+    """A one-epoch unconditional VAE (labelled data trains conditional ones unless --no-conditional)."""
+    return generate.train(**BASE, model="vae", width=4, latent_dim=4, epochs=1, limit=128, conditional=False,
+                          out=str(tmp_path_factory.mktemp("uncond") / "vae"))
+
+
+@pytest.fixture(scope="module")
 def digit_classifier():
     """A small recogen digits classifier at 16 px (judges whether conditional samples show the asked digit)."""
     import tempfile
@@ -66,10 +73,10 @@ def _stats_gap(fake: torch.Tensor, real: torch.Tensor) -> float:
 
 
 def _class_rate(gen: generate.Generator, clf) -> float:
-    """Fraction of 200 samples (classes in turn) that the classifier reads as the class asked for."""
-    imgs = gen.sample(200, seed=1)
+    """Fraction of 200 samples (20 of each class) that the classifier reads as the class asked for."""
+    imgs = torch.cat([gen.sample(20, seed=1 + k, class_=k) for k in range(10)])
     pred = classify.predict_probs(clf.model, clf.card, imgs).argmax(1)
-    return float((pred == torch.arange(200) % 10).float().mean())
+    return float((pred == torch.arange(10).repeat_interleave(20)).float().mean())
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -110,6 +117,22 @@ def test_vae_reconstructs_held_out_digits(runs, real):
     assert err < 0.035 and err < before / 3
     hist = json.loads((runs["vae"] / "history.json").read_text())
     assert hist[-1]["val_recon_mse"] < hist[0]["val_recon_mse"]
+
+
+def test_labelled_data_trains_a_conditional_vae_with_a_fitted_prior(runs):
+    gen = generate.load(runs["vae"])
+    card = gen.card
+    assert card["conditional"] is True and card["model_kwargs"]["prior"] == "gmm"
+    assert sum(card["class_counts"]) == len(create_dataset("digits", DataOptions(image_size=SIZE)).train)
+    m = gen.model
+    # The mixture was fitted (and saved): not the N(0, I) it starts as.
+    assert m.prior_means.abs().sum() > 0 and not torch.allclose(m.prior_scale_tril[0, 0], torch.eye(m.latent_dim))
+    # Without --class the classes follow the training mix (digits: 122-129 per class -> 97-102 of 1,000).
+    from recogen.tasks.generate.sampling import default_labels
+
+    shares = torch.bincount(default_labels(m, 1000, card["class_counts"]), minlength=10)
+    counts = torch.tensor(card["class_counts"])
+    assert (shares - counts / counts.sum() * 1000).abs().max() <= 1 and shares.sum() == 1000
 
 
 # Pixel-statistics gap to real digits (seed 0, these recipes): vae 0.82 and dcgan 0.67, against 2.03
@@ -211,13 +234,13 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- errors
-def test_bad_options_are_clear_errors(runs, tmp_path):
+def test_bad_options_are_clear_errors(runs, uncond, tmp_path):
     with pytest.raises(ConfigError, match="does not apply to dcgan"):
         generate.train(**BASE, model="dcgan", beta=2.0, epochs=1, out=str(tmp_path / "x"))
     with pytest.raises(ModelError, match="choose a generator"):
         generate.train(**BASE, model="cnn-s", epochs=1, out=str(tmp_path / "y"))
     with pytest.raises(ConfigError, match="unconditional"):
-        generate.load(runs["vae"]).sample(4, class_=1)
+        generate.load(uncond).sample(4, class_=1)
     with pytest.raises(ConfigError, match="out of range"):
         generate.load(runs["dcgan"]).sample(4, class_=10)
     with pytest.raises(ConfigError, match="unknown class"):
@@ -225,15 +248,16 @@ def test_bad_options_are_clear_errors(runs, tmp_path):
     with pytest.raises(ConfigError, match="--steps does not apply to vae"):
         generate.load(runs["vae"]).sample(4, steps=5)
     with pytest.raises(ConfigError, match="--guidance needs a conditional model"):
-        generate.train(**BASE, model="ddpm", guidance=3.0, epochs=1, out=str(tmp_path / "z"))
+        generate.train(**BASE, model="ddpm", guidance=3.0, conditional=False, epochs=1, out=str(tmp_path / "z"))
 
 
 def test_cli_trains_samples_and_rejects_bad_input(runs, tmp_path):
     out = tmp_path / "cli"
     r = run_cli("generate", "train", "--model", "vae", "--data", "digits", "--image-size", SIZE, "--width", 4,
-                "--epochs", 1, "--limit", 128, "--out", out, "--no-progress")
+                "--epochs", 1, "--limit", 128, "--no-conditional", "--out", out, "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "auto:" in r.stdout and (out / "model.safetensors").is_file()
+    assert json.loads((out / "model.json").read_text())["conditional"] is False
     r = run_cli("generate", "sample", runs["dcgan"], "--n", 12, "--class", 5, "--out", tmp_path / "five.png")
     assert r.returncode == 0 and (tmp_path / "five.png").is_file(), r.stderr
     for args, msg in [
@@ -290,17 +314,17 @@ def test_synthetic_images_carry_their_class(runs, tmp_path, monkeypatch):
     assert acc > 0.7 and acc > acc_shuffled + 0.3, (acc, acc_shuffled)
 
 
-def test_synthetic_spec_errors_are_clear(runs, tmp_path):
+def test_synthetic_spec_errors_are_clear(runs, uncond, tmp_path):
     from recogen.data.synthetic import add_synthetic, parse_spec
 
     splits = create_dataset("digits", DataOptions(image_size=SIZE, limit=20))
     for spec, msg in [("nocolon", "must be RUN:N"), (f"{runs['dcgan']}:many", "whole number"),
                       (f"{runs['dcgan']}:0", "1..100000"), (f"{tmp_path}/none:5", "no run folder"),
-                      (f"{runs['vae']}:5", "unconditional")]:
+                      (f"{uncond}:5", "unconditional")]:
         with pytest.raises(ConfigError, match=msg):
             add_synthetic(splits, spec)
     assert parse_spec("C:/runs/gen:12") == (Path("C:/runs/gen"), 12)
-    r = run_cli("classify", "train", "--data", "digits", "--synthetic", f"{runs['vae']}:5", "--out", tmp_path / "x")
+    r = run_cli("classify", "train", "--data", "digits", "--synthetic", f"{uncond}:5", "--out", tmp_path / "x")
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1 and "--conditional" in err, err
     assert not (tmp_path / "x").exists()  # nothing written for a mistake
@@ -319,17 +343,20 @@ def test_defaults_are_the_benchmarked_recipes(monkeypatch, bf16):
     monkeypatch.setattr(trainer, "bf16_supported", lambda: bf16)
     splits = create_dataset("digits", DataOptions(image_size=28))
     steps = len(splits.train) // 64
-    want = {"vae": dict(budget="3m", epochs=min(1000, -(-20_000 // steps)), batch_size=64, lr=2e-3, width=32, latent_dim=16),
+    want = {"vae": dict(budget="3m", epochs=min(1000, -(-20_000 // steps)), batch_size=64, lr=2e-3, width=32, latent_dim=32,
+                        beta=0.25, prior="gmm", conditional=True),
             "dcgan": dict(budget="7m", epochs=1000, batch_size=64, lr=2e-4, width=32, latent_dim=64, loss="nonsaturating",
-                          ema=0.999),
-            "ddpm": dict(budget="9m", epochs=1000, batch_size=64, lr=2e-3, width=16, ema=0.999, steps=15, sampler="ddim",
-                         guidance=1.0)}
+                          ema=0.999, conditional=False),
+            "ddpm": dict(budget="9m", epochs=1000, batch_size=64, lr=2e-3, width=16, ema=0.999, steps=15, sampler="dpm++",
+                         guidance=1.0, conditional=True)}
     for model, fields in want.items():
         cfg, why = generate.resolve_defaults(GenerateConfig(model=model, data="digits"), splits)
         assert {k: getattr(cfg, k) for k in fields} == fields, model
+        if model == "ddpm":
+            assert (cfg.model_kwargs["prediction"], cfg.model_kwargs["snr_gamma"]) == ("v_prediction", 5.0)
         assert cfg.precision == ("bf16-mixed" if bf16 else "32-true") and why
     auto, _ = generate.resolve_defaults(GenerateConfig(data="digits"), splits)
-    assert auto.model == "dcgan"
+    assert auto.model == "vae"
 
 
 def test_ddpm_samplers(runs):

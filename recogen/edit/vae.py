@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from .base import Editor, mixed_class, prior_mix, register_editor
 
@@ -27,13 +26,7 @@ class VAEEditor(Editor):
         """The class each image is encoded under: None for an unconditional model."""
         if not self.conditional:
             return None
-        # The class whose encode-decode reconstructs each image best (a VAE's own classifier).
-        errs = []
-        for k in range(self.model.num_classes):
-            y = torch.full((len(x),), k, dtype=torch.long)
-            rec = self.model.decode(self.model.encode(x, y)[0], y)
-            errs.append(F.mse_loss(rec, x, reduction="none").flatten(1).mean(1))
-        return torch.stack(errs, 1).argmin(1)
+        return self.model.best_labels(x)  # the class that reconstructs each image best
 
     @torch.no_grad()
     def invert(self, x, g, labels=None):

@@ -87,6 +87,7 @@ def train(task, config: Any = None, callbacks: Iterable | None = None, **options
 
     # Evaluation and sampling run the network eagerly (--compile would compile again for eval mode).
     model = uncompile(module.model).to(memory_format=torch.contiguous_format).cpu().eval()
+    task.finalize_model(model, cfg, splits)
     card = save_portable(run, model, task.card(cfg, model, splits))
     train_s = time.perf_counter() - t0
     summary = task.finish(model, card, splits, run, cfg)

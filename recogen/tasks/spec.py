@@ -147,6 +147,10 @@ class Task:
             card["normalize"] = {"mean": mean, "std": std}
         return card
 
+    def finalize_model(self, model: "nn.Module", cfg: TrainConfig, splits) -> None:
+        """After the best weights are loaded, before they are saved: fit what training does not (a
+        VAE's sampling prior). Nothing by default."""
+
     def reserve(self, splits) -> tuple[float, float]:
         """What a budgeted run keeps for after training: (seconds, multiple of one validation pass)."""
         from .runs import eval_reserve

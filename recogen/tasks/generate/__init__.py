@@ -62,10 +62,20 @@ class GenerateTask(Task):
 
         return GenerativeModule(model, cfg, splits.hflip_ok, cfg.epochs * len(train_batches))
 
+    def finalize_model(self, model, cfg, splits):
+        """A VAE's ``gmm`` prior is fitted to its training images' latents (models/generators/vae.py)."""
+        fit = getattr(model, "fit_prior", None)
+        if fit is not None:
+            fit(splits.train.images, splits.train.labels, seed=cfg.seed)
+
     def card(self, cfg, model, splits):
+        import torch
+
         return {"task": TASK, "model": cfg.model, "model_kwargs": cfg.model_kwargs, "classes": splits.classes,
                 "image_size": cfg.image_size, "in_chans": cfg.channels, "conditional": cfg.conditional,
-                "data": cfg.data, "pixel_range": [0, 255]}
+                "data": cfg.data, "pixel_range": [0, 255],
+                # the class mix that samples without --class follow (sampling.default_labels)
+                "class_counts": torch.bincount(splits.train.labels, minlength=len(splits.classes)).tolist()}
 
     def finish(self, model, card, splits, run, cfg):
         """``samples.png``: 64 samples, seed 0."""

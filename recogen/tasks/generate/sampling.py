@@ -17,9 +17,23 @@ from ..params import Params
 from ..predictor import Predictor
 
 
-def default_labels(model, n: int) -> torch.Tensor | None:
-    """A conditional model with no class asked draws every class in turn (one grid column each)."""
-    return torch.arange(n) % model.num_classes if model.conditional else None
+def default_labels(model, n: int, class_counts: list[int] | None = None) -> torch.Tensor | None:
+    """The classes a conditional model draws when none is asked: the training images' class mix
+    (``class_counts``, from the model card), every class in turn when the classes are equally common or
+    the mix is unknown (one grid column each). None for an unconditional model."""
+    if not model.conditional:
+        return None
+    if not class_counts or len(set(class_counts)) == 1 or len(class_counts) != model.num_classes:
+        return torch.arange(n) % model.num_classes
+    # n draws in proportion to the counts, deterministically (the i-th of n evenly spaced quantiles)...
+    cum = torch.tensor(class_counts, dtype=torch.float64).cumsum(0)
+    labels = torch.searchsorted(cum / cum[-1], (torch.arange(n, dtype=torch.float64) + 0.5) / n).clamp_(max=len(cum) - 1)
+    # ...interleaved: the j-th of a class's k draws goes to position (j + 0.5) / k, so near-equal classes
+    # still come in turn (and a grid keeps about one column per class).
+    per = torch.bincount(labels, minlength=len(class_counts)).double()
+    rank = torch.cat([torch.arange(int(c), dtype=torch.float64) for c in per])  # labels are sorted by class
+    key = (rank + 0.5) / per[labels] + labels.double() * 1e-9
+    return labels[key.argsort()]
 
 
 def grid_nrow(model, n: int) -> int:
@@ -87,7 +101,7 @@ class Generator(Predictor):
         """``n`` samples as uint8 (N, C, H, W); the same seed gives the same images.
 
         ``class_`` (index or name) asks a conditional model for one class; without it a conditional
-        model draws the classes in turn. ``opts`` go to the sampler (``steps``, ``guidance`` for ddpm).
+        model draws the classes in the training images' proportions (in turn when they are equal). ``opts`` go to the sampler (``steps``, ``guidance`` for ddpm).
         """
         if not isinstance(n, int) or n < 1 or n > 100_000:
             raise ConfigError(f"--n must be an integer from 1 to 100000, got {n!r}")
@@ -97,7 +111,7 @@ class Generator(Predictor):
         if class_ is not None:
             labels = torch.full((n,), self.class_index(class_), dtype=torch.long)
         else:
-            labels = default_labels(self.model, n)
+            labels = default_labels(self.model, n, self.card.get("class_counts"))
         return sample_uint8(self.model, n, seed, labels, **opts)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:

@@ -115,9 +115,11 @@ def test_ddim_inversion_round_trip_reconstructs_the_image(gens, real):
     plain = get_editor(gens["ddpm"], **DDPM_OPTS, invert_iters=0)
     err_plain = float((plain.decode(*plain.invert(x, torch.Generator())) - x).abs().mean())
     rand = float((ed.decode(torch.randn(z.shape, generator=torch.Generator().manual_seed(5)), labels) - x).abs().mean())
-    # Mean abs error on 0..1 pixels, 20 steps, measured: 0.0023 with the fixed-point rounds, 0.046 without
-    # them; 0.48 from random noise.
-    assert err < 0.012 and err < err_plain / 3 and rand > 0.3
+    # Mean abs error on 0..1 pixels, 20 steps, measured on this v-prediction ddpm: 0.0007 with the
+    # fixed-point rounds, 0.016 without them; 0.27 from random noise. (The noise-prediction ddpm of
+    # before: 0.0023, 0.046, 0.48; converting v to noise where the model was evaluated is what makes the
+    # rounds work for v: with the scheduler's own conversion the round trip was 0.030.)
+    assert err < 0.006 and err < err_plain / 3 and rand > 0.15, (err, err_plain, rand)
 
 
 # ------------------------------------------------------------------------------------ inpaint

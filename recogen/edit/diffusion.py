@@ -40,7 +40,10 @@ class DiffusionEditor(Editor):
         T = self.model.scheduler.config.num_train_timesteps
         if self.opts["ddim_steps"] > T:
             raise ConfigError(f"--ddim-steps must be at most the model's {T} training timesteps")
-        s = getattr(diffusers, kind).from_config(self.model.scheduler.config, timestep_spacing=spacing, clip_sample=clip)
+        # The steps are given noise predictions (_eps converts a v-prediction model's output), so the
+        # schedulers read "epsilon" whatever the model was trained to predict.
+        s = getattr(diffusers, kind).from_config(self.model.scheduler.config, timestep_spacing=spacing, clip_sample=clip,
+                                                 prediction_type="epsilon")
         s.set_timesteps(int(self.opts["ddim_steps"]))
         return s
 
@@ -50,12 +53,19 @@ class DiffusionEditor(Editor):
         return labels if labels is not None else torch.full((n,), self.model.null_class, dtype=torch.long)
 
     def _eps(self, z, t, labels, mix=None):
+        """The noise prediction at (z, t). A v-prediction model's v is converted here, at the point it was
+        evaluated (eps = sqrt(a) v + sqrt(1 - a) z): the inversion's fixed-point rounds evaluate the model
+        at another point than the one the scheduler steps from, where the scheduler's own conversion
+        would mix the two."""
         net = self.model.sampler_net
-        eps = net(z, t, class_labels=labels).sample
+        out = net(z, t, class_labels=labels).sample
         if mix is not None:
             other, w = mix
-            eps = (1 - w) * eps + w * net(z, t, class_labels=other).sample
-        return eps
+            out = (1 - w) * out + w * net(z, t, class_labels=other).sample
+        if getattr(self.model, "prediction", "epsilon") == "v_prediction":
+            a = self.model.alphas_cumprod[int(t)].to(z.dtype)
+            out = a.sqrt() * out + (1 - a).sqrt() * z
+        return out
 
     @torch.no_grad()
     def invert(self, x, g, labels=None):

@@ -147,9 +147,10 @@ def _max_weight_diff(one: Path, two: Path) -> float:
 
 def _weight_change(one: Path, two: Path) -> float:
     """How far run ``two``'s portable weights are from run ``one``'s: the L2 norm of the difference of
-    all weights over the norm of ``one``'s (BatchNorm's running statistics are not weights)."""
+    all weights over the norm of ``one``'s (BatchNorm's running statistics and a VAE's latent mixture,
+    fitted after training, are not weights)."""
     a, b = _weights(one, two)
-    keys = [k for k in a if a[k].is_floating_point() and "running_" not in k]
+    keys = [k for k in a if a[k].is_floating_point() and "running_" not in k and not k.startswith("prior_")]
     return float(torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm() / torch.cat([a[k].flatten() for k in keys]).norm())
 
 

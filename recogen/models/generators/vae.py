@@ -138,7 +138,7 @@ class ConvVAE(GenerativeModel):
                 continue
             gm = GaussianMixture(min(k, len(z) // 2), covariance_type="full", reg_covar=1e-4, random_state=seed).fit(z)
             m = len(gm.weights_)
-            logits = torch.full((k,), float("-inf"))
+            logits = torch.full((k,), -1e9)  # unused components: never drawn (finite, so weight diffs stay finite)
             logits[:m] = torch.tensor(gm.weights_).log()
             self.prior_logits[group] = logits
             self.prior_means[group, :m] = torch.tensor(gm.means_, dtype=torch.float32)

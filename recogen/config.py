@@ -340,16 +340,16 @@ OPTION_HELP: dict[str, str] = {
     # generation (GenerateConfig)
     "width": "base channel width of the generative network (default: per model)",
     "latent_dim": "size of the latent vector z (vae, dcgan)",
-    "beta": "weight of the KL term of the VAE (beta-VAE; default 1)",
+    "beta": "weight of the KL term of the VAE (beta-VAE; default 0.25)",
     "prior": "latent prior a vae samples from: gmm (a Gaussian mixture fitted to the training images' latents after "
              "training; the default) or normal (N(0, I))",
     "loss": "generate: GAN loss nonsaturating, hinge or wgan-gp; segment: ce or ce+dice (cross-entropy plus soft Dice)",
     "spectral_norm": "spectral normalisation in the GAN discriminator",
     "ema": "decay of the EMA of the generator/UNet weights used for sampling (0 turns it off)",
     "conditional": "class-conditional model (sample a class with `generate sample --class`; samples without --class "
-                   "follow the training images' class mix); default: on when the data has 2+ classes",
+                   "follow the training images' class mix); default: on for vae and ddpm when the data has 2+ classes, off for dcgan",
     "steps": "sampling steps of ddpm (default 15)",
-    "sampler": "ddpm sampler: ddim (default) or dpm++ (DPM-Solver++ 2M, with thresholding)",
+    "sampler": "ddpm sampler: dpm++ (DPM-Solver++ 2M, with thresholding; the default) or ddim",
     "guidance": "classifier-free guidance scale of a conditional ddpm (1 = none)",
 }
 
